@@ -1,0 +1,249 @@
+"""The backbone registry: one frozen entry per ImageNet CNN visiontune can fine-tune.
+
+Each `BackboneSpec` says how to build the network (its `keras.applications`
+constructor), how raw RGB pixels in [0, 255] must be normalised for it, its
+default and minimum input size, the width of its pooled features, and how its
+layers group into ordered blocks. Tests iterate over `BACKBONES`, so adding a
+backbone is one entry here and is covered by the existing tests.
+"""
+
+import dataclasses
+import re
+from typing import Callable
+
+import keras
+
+from visiontune import weights as weights_lib
+
+# Block patterns, one tuple per family. A layer belongs to the block named by
+# the first capture group of the first pattern that matches its name. Layers
+# that match nothing belong to the block of the layer before them (activations
+# and paddings named `re_lu_3` or `activation_7`), or to the stem when no block
+# has started yet. Unfreezing works on these blocks, never on layer counts.
+RESNET_BLOCKS = (r"^(conv\d_block\d+)_",)
+EFFICIENTNET_BLOCKS = (r"^(block\d+[a-z])_", r"^(top)_")
+MOBILENET_BLOCKS = (r"^conv_(?:pad|dw|pw)_(\d+)",)
+MOBILENET_V2_BLOCKS = (r"^(expanded_conv)_", r"^(block_\d+)_", r"^(Conv_1)(?:_|$)")
+MOBILENET_V3_BLOCKS = (r"^(expanded_conv(?:_\d+)?)_", r"^(conv_1)(?:_|$)")
+FAMILY_BLOCKS = (
+    RESNET_BLOCKS,
+    EFFICIENTNET_BLOCKS,
+    MOBILENET_BLOCKS,
+    MOBILENET_V2_BLOCKS,
+    MOBILENET_V3_BLOCKS,
+)
+
+# How each family expects its input, given raw RGB in [0, 255]. The values are
+# those of `keras.applications.<family>.preprocess_input`; tests compare them.
+PREPROCESSING_MODES = {
+    # ResNet v1 was trained in Caffe: BGR channel order, ImageNet mean removed.
+    "caffe": "RGB to BGR, then subtract the ImageNet mean (103.939, 116.779, 123.68)",
+    # ResNetV2 and MobileNet v1/v2: scale to [-1, 1].
+    "tf": "scale to [-1, 1]: x / 127.5 - 1",
+    # EfficientNet, EfficientNetV2 and MobileNetV3 normalise inside the network.
+    "builtin": "none here: the backbone's own first layers normalise its input",
+}
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """Everything visiontune needs to know about one backbone.
+
+    Attributes:
+        name: Registry key, e.g. `"efficientnetb0"`.
+        constructor: Builds the network with the `keras.applications`
+            signature (`include_top`, `weights`, `input_shape`, ...).
+        preprocessing: A key of `PREPROCESSING_MODES`.
+        default_size: Input side length the ImageNet weights were trained at.
+        min_size: Smallest input side length the network accepts.
+        feature_width: Channels of the last feature map (at default options).
+        block_patterns: Regexes that group layer names into ordered blocks.
+    """
+
+    name: str
+    constructor: Callable[..., keras.Model]
+    preprocessing: str
+    default_size: int
+    min_size: int
+    feature_width: int
+    block_patterns: tuple[str, ...]
+
+
+def _entries():
+    apps = keras.applications
+    resnets = [
+        ("resnet50", apps.ResNet50, "caffe"),
+        ("resnet101", apps.ResNet101, "caffe"),
+        ("resnet152", apps.ResNet152, "caffe"),
+        ("resnet50v2", apps.ResNet50V2, "tf"),
+        ("resnet101v2", apps.ResNet101V2, "tf"),
+        ("resnet152v2", apps.ResNet152V2, "tf"),
+    ]
+    for name, ctor, mode in resnets:
+        yield BackboneSpec(name, ctor, mode, 224, 32, 2048, RESNET_BLOCKS)
+
+    efficientnets = [(224, 1280), (240, 1280), (260, 1408), (300, 1536),
+                     (380, 1792), (456, 2048), (528, 2304), (600, 2560)]
+    for i, (size, width) in enumerate(efficientnets):
+        ctor = getattr(apps, f"EfficientNetB{i}")
+        yield BackboneSpec(f"efficientnetb{i}", ctor, "builtin", size, 32, width,
+                           EFFICIENTNET_BLOCKS)
+
+    v2 = [("b0", 224, 1280), ("b1", 240, 1280), ("b2", 260, 1408), ("b3", 300, 1536),
+          ("s", 384, 1280), ("m", 480, 1280), ("l", 480, 1280)]
+    for suffix, size, width in v2:
+        ctor = getattr(apps, f"EfficientNetV2{suffix.upper()}")
+        yield BackboneSpec(f"efficientnetv2{suffix}", ctor, "builtin", size, 32, width,
+                           EFFICIENTNET_BLOCKS)
+
+    yield BackboneSpec("mobilenet", apps.MobileNet, "tf", 224, 32, 1024, MOBILENET_BLOCKS)
+    yield BackboneSpec("mobilenetv2", apps.MobileNetV2, "tf", 224, 32, 1280,
+                       MOBILENET_V2_BLOCKS)
+    yield BackboneSpec("mobilenetv3small", apps.MobileNetV3Small, "builtin", 224, 32, 576,
+                       MOBILENET_V3_BLOCKS)
+    yield BackboneSpec("mobilenetv3large", apps.MobileNetV3Large, "builtin", 224, 32, 960,
+                       MOBILENET_V3_BLOCKS)
+
+
+BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _entries()}
+
+
+def list_backbones():
+    """Returns the names of all registered backbones, sorted.
+
+    Example:
+
+    >>> "efficientnetb0" in visiontune.list_backbones()
+    True
+    """
+    return sorted(BACKBONES)
+
+
+def get_spec(name):
+    """Returns the `BackboneSpec` registered under `name` (case-insensitive)."""
+    key = str(name).lower().replace("-", "").replace("_", "")
+    for spec_name, spec in BACKBONES.items():
+        if spec_name.replace("_", "") == key:
+            return spec
+    raise ValueError(
+        f"Unknown backbone {name!r}. Expected one of: {', '.join(list_backbones())}. "
+        "Or pass a `keras.Model` to use your own."
+    )
+
+
+def create_backbone(spec, weights="imagenet", input_size=None, **kwargs):
+    """Builds a registered backbone without its ImageNet classifier.
+
+    Args:
+        spec: A `BackboneSpec` or a registry name.
+        weights: `"imagenet"`, a path to a weights file, or `None` (random).
+        input_size: Side length or `(height, width)`; defaults to the spec's.
+        **kwargs: Passed to the constructor, e.g. `alpha=0.5` for MobileNet.
+
+    Returns:
+        A functional `keras.Model` mapping preprocessed images to feature maps.
+    """
+    if isinstance(spec, str):
+        spec = get_spec(spec)
+    height, width = normalize_size(input_size or spec.default_size)
+    if min(height, width) < spec.min_size:
+        raise ValueError(
+            f"Expected an input size of at least {spec.min_size} px for {spec.name}. "
+            f"Received: input_size={(height, width)}. Pass a larger `input_size`."
+        )
+    weights = weights_lib.resolve(weights)
+    with weights_lib.offline_guard(spec.name):
+        return spec.constructor(include_top=False, weights=weights,
+                                input_shape=(height, width, 3), **kwargs)
+
+
+def preprocessing_layer(mode, name="preprocess"):
+    """Returns the Keras layer that maps raw RGB [0, 255] to a family's input range.
+
+    Only built-in layers are used, so a saved model reloads with plain
+    `keras.saving.load_model`. Returns `None` for families that normalise
+    inside the network.
+    """
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name)
+    if mode == "caffe":
+        # A fixed 3x3 permutation with a bias is RGB->BGR then mean removal,
+        # exact in float32, as one built-in layer (no Lambda, no custom class).
+        layer = keras.layers.Dense(3, name=name, trainable=False)
+        layer.build((None, 3))
+        permutation = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+        layer.set_weights([keras.ops.convert_to_numpy(permutation),
+                           keras.ops.convert_to_numpy([-m for m in _CAFFE_BGR_MEAN])])
+        return layer
+    if mode == "builtin":
+        return None
+    raise ValueError(f"Unknown preprocessing mode {mode!r}. Expected one of "
+                     f"{sorted(PREPROCESSING_MODES)}.")
+
+
+def normalize_size(size):
+    """Returns `(height, width)` from an int or a pair."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+@dataclasses.dataclass
+class Block:
+    """An ordered group of backbone layers that is frozen or unfrozen as a unit."""
+
+    name: str
+    layers: list
+
+
+def backbone_blocks(backbone, block_patterns=None):
+    """Groups a backbone's layers into ordered blocks, from the stem upwards.
+
+    Args:
+        backbone: A functional `keras.Model`.
+        block_patterns: Regexes whose first group names a layer's block. By
+            default the registered family whose patterns match the most
+            layers is used; a network that matches none gets one block per
+            layer that has weights.
+
+    Returns:
+        A list of `Block`s; the first is `"stem"` (it may be empty).
+    """
+    layers = [l for l in backbone.layers if not isinstance(l, keras.layers.InputLayer)]
+    patterns = block_patterns or _detect_family(layers)
+    compiled = [re.compile(p) for p in patterns]
+    blocks = [Block("stem", [])]
+    for layer in layers:
+        key = _match_block(layer.name, compiled)
+        if key is None and not patterns and layer.weights:
+            key = layer.name
+        if key is not None and key != blocks[-1].name:
+            if any(b.name == key for b in blocks):
+                raise ValueError(
+                    f"Layer {layer.name!r} of {backbone.name!r} belongs to block {key!r}, "
+                    "which is not contiguous in layer order. Pass `block_patterns` "
+                    "that group layers into contiguous blocks."
+                )
+            blocks.append(Block(key, []))
+        blocks[-1].layers.append(layer)
+    return blocks
+
+
+def _match_block(name, compiled):
+    for pattern in compiled:
+        match = pattern.search(name)
+        if match:
+            key = match.group(1)
+            return f"block{key}" if key.isdigit() else key
+    return None
+
+
+def _detect_family(layers):
+    def matches(patterns):
+        compiled = [re.compile(p) for p in patterns]
+        return sum(_match_block(l.name, compiled) is not None for l in layers)
+
+    best = max(FAMILY_BLOCKS, key=matches)
+    return best if matches(best) >= len(layers) // 2 else ()

@@ -1,0 +1,160 @@
+"""What trains: freeze the backbone, unfreeze its top blocks, report the result.
+
+BatchNormalization layers stay frozen in every phase. The backbone is also
+called with `training=False` (see `classifier.py`), so they run in inference
+mode and their moving statistics never change: on a few hundred images, fresh
+batch statistics would wreck features learned on a million.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from visiontune import backbones
+
+
+def find_backbone(model):
+    """Returns the backbone: the one nested `keras.Model` inside a classifier."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) != 1:
+        raise ValueError(
+            f"Expected a classifier with exactly one nested backbone model, as made by "
+            f"`build_classifier`. Model {model.name!r} has {len(nested)}: "
+            f"{[layer.name for layer in nested]}."
+        )
+    return nested[0]
+
+
+def head_layers(model):
+    """Returns the layers after the backbone: pooling, dropout, hidden and output."""
+    index = model.layers.index(find_backbone(model))
+    return model.layers[index + 1:]
+
+
+def freeze_backbone(model):
+    """Freezes the whole backbone and makes the head trainable.
+
+    Example:
+
+    >>> visiontune.freeze_backbone(model)
+    >>> model.fit(train, epochs=5)  # trains the head only
+    """
+    set_trainable_blocks(model, 0)
+
+
+def unfreeze_top_blocks(model, n, block_patterns=None):
+    """Makes the top `n` backbone blocks and the head trainable.
+
+    Blocks are counted from the top (`"top"`, `"block7a"`, ...); the stem is
+    the last block, so `n == count_blocks(model)` unfreezes everything.
+    BatchNormalization layers stay frozen.
+
+    Args:
+        model: A classifier from `build_classifier`.
+        n: Number of blocks to unfreeze, from 0 to `count_blocks(model)`.
+        block_patterns: Override the registry's block grouping (regexes).
+
+    Example:
+
+    >>> visiontune.unfreeze_top_blocks(model, 2)
+    >>> model.compile(keras.optimizers.Adam(1e-5), "sparse_categorical_crossentropy")
+    """
+    set_trainable_blocks(model, n, block_patterns)
+
+
+def count_blocks(model, block_patterns=None):
+    """Returns how many blocks `unfreeze_top_blocks` can unfreeze in `model`."""
+    return len(_blocks(find_backbone(model), block_patterns))
+
+
+def set_trainable_blocks(model, n, block_patterns=None):
+    """Freezes all but the top `n` backbone blocks; the head is always trainable."""
+    backbone = find_backbone(model)
+    blocks = _blocks(backbone, block_patterns)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= len(blocks):
+        raise ValueError(
+            f"Expected `unfreeze_blocks` between 0 and {len(blocks)} for {backbone.name}. "
+            f"Received: unfreeze_blocks={n!r}."
+        )
+    model.trainable = True
+    for layer in model.layers[: model.layers.index(backbone)]:
+        layer.trainable = False  # The input normalisation is fixed.
+    backbone.trainable = n > 0
+    for i, block in enumerate(reversed(blocks)):
+        for layer in block.layers:
+            layer.trainable = i < n
+    for layer in _all_layers(backbone):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    for layer in head_layers(model):
+        layer.trainable = True
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockParams:
+    """Trainable and frozen parameter counts of one block."""
+
+    name: str
+    trainable: int
+    frozen: int
+
+
+class TrainableSummary:
+    """Trainable and frozen parameters per block, and in total.
+
+    `str(summary)` is a table; `summary.trainable_params` the total.
+    """
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    @property
+    def trainable_params(self):
+        return sum(row.trainable for row in self.rows)
+
+    @property
+    def frozen_params(self):
+        return sum(row.frozen for row in self.rows)
+
+    def __str__(self):
+        width = max(len(row.name) for row in self.rows)
+        lines = [f"{'block':<{width}}  {'trainable':>12}  {'frozen':>12}"]
+        lines += [f"{row.name:<{width}}  {row.trainable:>12,}  {row.frozen:>12,}"
+                  for row in self.rows]
+        lines.append(f"{'total':<{width}}  {self.trainable_params:>12,}  "
+                     f"{self.frozen_params:>12,}")
+        return "\n".join(lines)
+
+
+def trainable_summary(model, block_patterns=None):
+    """Returns a `TrainableSummary` of `model`'s backbone blocks and head.
+
+    Example:
+
+    >>> print(visiontune.trainable_summary(model))
+    """
+    backbone = find_backbone(model)
+    rows = [_count(block.name, block.layers, backbone.trainable)
+            for block in _blocks(backbone, block_patterns)]
+    rows.append(_count("head", head_layers(model), True))
+    return TrainableSummary(rows)
+
+
+def _count(name, layers, parent_trainable):
+    trainable = {id(w): w for l in layers for w in l.trainable_weights} if parent_trainable else {}
+    every = {id(w): w for l in layers for w in l.weights}
+    size = lambda ws: int(sum(np.prod(w.shape) for w in ws))  # noqa: E731
+    return BlockParams(name, size(trainable.values()),
+                       size(w for k, w in every.items() if k not in trainable))
+
+
+def _blocks(backbone, block_patterns):
+    blocks = backbones.backbone_blocks(backbone, block_patterns)
+    return blocks if blocks[0].layers else blocks[1:]
+
+
+def _all_layers(layer):
+    for sub in getattr(layer, "layers", ()):
+        yield sub
+        yield from _all_layers(sub)

@@ -1,0 +1,77 @@
+"""The run directory: created safely, written atomically.
+
+An existing non-empty run directory is never reused silently, and every
+artifact is written to a temporary file in the same folder and then renamed,
+so a crash leaves either the old file or the new one, never half of one.
+"""
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+import time
+
+
+def default_run_dir(backbone, root="runs"):
+    """Returns `runs/<timestamp>-<backbone>`."""
+    return os.path.join(root, f"{time.strftime('%Y%m%d-%H%M%S')}-{backbone}")
+
+
+def prepare(path, overwrite=False):
+    """Creates `path`, refusing an existing non-empty folder unless `overwrite`."""
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(
+            f"Run directory {path!r} already exists and is not empty. "
+            "Pass --overwrite to replace its contents, or choose another --output."
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"--output {path!r} exists and is not a folder. "
+                              "Choose another --output.")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path next to `path`; renames it to `path` on success.
+
+    The temporary name keeps `path`'s extension, which `model.save` checks.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{ext}", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path, text):
+    """Writes `text` to `path` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_json(path, obj):
+    """Writes `obj` as indented JSON to `path` atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_history_csv(path, history):
+    """Writes one row per epoch, with its phase, from a `PhasedHistory`."""
+    keys = ["epoch", "phase"] + sorted(k for k in history.history if k != "phase")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(keys)
+        for i, epoch in enumerate(history.epoch):
+            writer.writerow([epoch + 1] + [history.history[k][i] for k in keys[1:]])
+
+
+def save_model(model, path):
+    """Saves `model` to a `.keras` file atomically."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)

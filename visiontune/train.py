@@ -1,0 +1,116 @@
+"""`python -m visiontune.train`: two-phase fine-tuning from the command line.
+
+The command line is a thin layer over `run(config)`, which notebooks can call
+with a `TrainConfig` too.
+"""
+
+import dataclasses
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+import yaml
+
+import visiontune
+from visiontune import classifier, config as config_lib, data, finetune, freezing, rundir
+
+
+def run(config):
+    """Trains a classifier as `config` says and writes its run directory.
+
+    Args:
+        config: A `TrainConfig`.
+
+    Returns:
+        The `metrics` dict that is also written to `metrics.json`.
+
+    Example:
+
+    >>> metrics = run(TrainConfig(data="photos/", head_epochs=5, finetune_epochs=5))
+    """
+    say = (lambda *a: None) if config.quiet else print
+    if not config.data:
+        raise ValueError("No training data: pass --data with a folder of class subfolders.")
+    keras.utils.set_random_seed(config.seed)
+    out = rundir.prepare(config.output or rundir.default_run_dir(config.backbone),
+                         config.overwrite)
+    say(f"visiontune: run directory {os.path.abspath(out)}")
+
+    weights = None if str(config.weights).lower() == "none" else config.weights
+    spec_size = config.image_size or _default_size(config.backbone)
+    splits = data.load_image_folder(config.data, spec_size, config.batch_size,
+                                    config.validation_split, config.seed, config.val_data)
+    say(f"Classes: {splits.train_files.counts()} for training, "
+        f"{len(splits.val_files.paths)} validation images")
+    model = classifier.build_classifier(
+        config.backbone, len(splits.class_names), weights, spec_size,
+        pooling=config.pooling, dropout=config.dropout, hidden_units=config.hidden_units,
+        l2=config.l2, l1=config.l1)
+    say(freezing.trainable_summary(model))
+
+    history = finetune.fine_tune(
+        model, splits.train, splits.val, head_epochs=config.head_epochs,
+        head_lr=config.head_lr, finetune_epochs=config.finetune_epochs,
+        finetune_lr=config.finetune_lr, unfreeze_blocks=config.unfreeze_blocks,
+        optimizer=config.optimizer, schedule=config.schedule,
+        warmup_epochs=config.warmup_epochs, verbose=0 if config.quiet else "auto")
+    metrics = _final_metrics(model, splits, history)
+    _write_artifacts(out, config, model, splits.class_names, history, metrics)
+    say(f"val_accuracy {metrics['val_accuracy']:.4f}, val_loss {metrics['val_loss']:.4f}")
+    say(f"visiontune: model saved to {os.path.abspath(os.path.join(out, 'model.keras'))}")
+    return metrics
+
+
+def _default_size(backbone):
+    return visiontune.backbones.get_spec(backbone).default_size
+
+
+def _final_metrics(model, splits, history):
+    if not model.compiled:
+        finetune.compile_for_phase(model, finetune.Phase("eval", 0, 1.0))
+    results = model.evaluate(splits.val, verbose=0, return_dict=True)
+    return {
+        "val_accuracy": float(results["accuracy"]),
+        "val_loss": float(results["loss"]),
+        "class_names": list(splits.class_names),
+        "epochs": {p["name"]: p["epochs"] for p in history.phases},
+        "trainable_params": {p["name"]: p["trainable_params"] for p in history.phases},
+        "wall_time_s": {**{p["name"]: round(p["wall_time_s"], 2) for p in history.phases},
+                        "total": round(sum(p["wall_time_s"] for p in history.phases), 2)},
+        "versions": {"visiontune": visiontune.__version__, "keras": keras.__version__,
+                     "tensorflow": tf.__version__},
+    }
+
+
+def _write_artifacts(out, config, model, class_names, history, metrics):
+    rundir.write_text(os.path.join(out, "config.yaml"),
+                      yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False))
+    rundir.write_text(os.path.join(out, "labels.txt"), "\n".join(class_names) + "\n")
+    rundir.write_history_csv(os.path.join(out, "history.csv"), history)
+    rundir.write_json(os.path.join(out, "metrics.json"), metrics)
+    rundir.save_model(model, os.path.join(out, "model.keras"))
+
+
+def _plain(obj):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in obj.items()}
+
+
+def main(argv=None):
+    """Entry point of `python -m visiontune.train`."""
+    parser = config_lib.build_parser(description=__doc__.splitlines()[0])
+    config = config_lib.config_from_args(parser.parse_args(argv))
+    began = time.perf_counter()
+    try:
+        run(config)
+    except (ValueError, FileNotFoundError, FileExistsError, OSError) as error:
+        print(f"visiontune.train: error: {error}", file=sys.stderr)
+        return 2
+    if not config.quiet:
+        print(f"visiontune: done in {time.perf_counter() - began:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
