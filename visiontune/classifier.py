@@ -1,5 +1,13 @@
 """Builds the classifier: raw image -> preprocessing -> backbone -> new head.
 
+Keras 3 ignores the `training=False` given when a nested model is called in a
+functional graph: `fit` injects `training=True` into every layer that takes it
+(see `keras/src/models/functional.py`, `operation_fn`), so the keras.io recipe's
+BatchNorm statistics drift once `base_model.trainable = True`. visiontune keeps
+the backbone in inference mode by other means: its BatchNormalization layers are
+never trainable (a frozen Keras 3 BatchNormalization always uses its moving
+statistics), and its dropout layers (EfficientNet's drop-connect) get rate 0.
+
 The result is a plain functional `keras.Model` made only of built-in Keras
 layers, so it saves to `.keras` and reloads with `keras.saving.load_model`
 without `custom_objects`. It takes raw RGB pixels in [0, 255]; the backbone's
@@ -8,7 +16,7 @@ normalisation is a layer inside it, so nobody can forget it at inference time.
 
 import keras
 
-from visiontune import backbones
+from visiontune import backbones, freezing
 
 POOLING = ("avg", "max", "avgmax")
 INITIALIZATIONS = ("auto", "he", "xavier")
@@ -67,7 +75,7 @@ def build_classifier(
 
     Returns:
         An uncompiled functional `keras.Model` taking `(height, width, 3)`
-        raw RGB images; `fine_tune` compiles it.
+        raw RGB images, with the backbone frozen, ready for `fine_tune`.
 
     Example:
 
@@ -87,7 +95,20 @@ def build_classifier(
         x = normalise(x)
     x = base(x, training=False)
     outputs = _head(x, num_classes, pooling, dropout, hidden_units, l1, l2, init, multi_label)
-    return keras.Model(inputs, outputs, name=name or f"visiontune_{base.name}")
+    model = keras.Model(inputs, outputs, name=name or f"visiontune_{base.name}")
+    _make_deterministic(base)
+    freezing.freeze_backbone(model)
+    return model
+
+
+def _make_deterministic(backbone):
+    """Turns off the backbone's random layers, which `training=False` cannot do in Keras 3."""
+    for layer in freezing.all_layers(backbone):
+        if isinstance(layer, (keras.layers.Dropout, keras.layers.GaussianDropout,
+                              keras.layers.AlphaDropout)):
+            layer.rate = 0.0
+        elif isinstance(layer, keras.layers.GaussianNoise):
+            layer.stddev = 0.0
 
 
 def _make_backbone(backbone, weights, input_size, preprocessing, backbone_kwargs):

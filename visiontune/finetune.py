@@ -113,7 +113,8 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
     began = time.perf_counter()
     result = model.fit(**_as_fit_inputs(train), validation_data=val, initial_epoch=start,
                        epochs=start + phase.epochs, callbacks=callbacks,
-                       class_weight=class_weight, verbose=verbose)
+                       class_weight=class_weight, verbose=verbose,
+                       shuffle=not isinstance(train, tf.data.Dataset))
     history.add_phase(phase, result, freezing.trainable_summary(model).trainable_params,
                       time.perf_counter() - began)
     return result
@@ -135,21 +136,7 @@ def compile_for_phase(model, phase, steps_per_epoch=None, sparse_labels=True,
 
 def make_optimizer(phase, steps_per_epoch=None):
     """Returns a fresh Keras optimizer for `phase`, with its learning-rate schedule."""
-    rate = phase.learning_rate
-    if phase.schedule == "cosine":
-        if not steps_per_epoch:
-            raise ValueError(
-                "A cosine schedule needs the number of steps per epoch, but the training "
-                "data's length is unknown. Use schedule='constant', or give the dataset a "
-                "known length, e.g. with `dataset.apply(tf.data.experimental.assert_cardinality(n))`."
-            )
-        warmup = phase.warmup_epochs * steps_per_epoch
-        rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else rate,
-            decay_steps=max(phase.epochs * steps_per_epoch - warmup, 1),
-            warmup_target=rate if warmup else None,
-            warmup_steps=warmup,
-        )
+    rate = learning_rate(phase, steps_per_epoch)
     if phase.optimizer == "sgd":
         return keras.optimizers.SGD(rate, momentum=0.9)
     if phase.optimizer == "adamw":
@@ -157,6 +144,25 @@ def make_optimizer(phase, steps_per_epoch=None):
     if phase.optimizer == "rmsprop":
         return keras.optimizers.RMSprop(rate)
     return keras.optimizers.Adam(rate)
+
+
+def learning_rate(phase, steps_per_epoch=None):
+    """Returns the phase's rate: a float, or a warmup + cosine decay schedule."""
+    if phase.schedule == "constant":
+        return phase.learning_rate
+    if not steps_per_epoch:
+        raise ValueError(
+            "A cosine schedule needs the number of steps per epoch, but the training data's "
+            "length is unknown. Use schedule='constant', or give the dataset a known length "
+            "with `dataset.apply(tf.data.experimental.assert_cardinality(n))`."
+        )
+    warmup = phase.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else phase.learning_rate,
+        decay_steps=max(phase.epochs * steps_per_epoch - warmup, 1),
+        warmup_target=phase.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
 
 
 class PhasedHistory(keras.callbacks.History):

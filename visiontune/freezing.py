@@ -1,9 +1,10 @@
 """What trains: freeze the backbone, unfreeze its top blocks, report the result.
 
-BatchNormalization layers stay frozen in every phase. The backbone is also
-called with `training=False` (see `classifier.py`), so they run in inference
-mode and their moving statistics never change: on a few hundred images, fresh
-batch statistics would wreck features learned on a million.
+BatchNormalization layers stay frozen in every phase, which in Keras 3 also
+means inference mode: they normalise with their moving statistics, and those
+never change. On a few hundred images, batch statistics would wreck features
+learned on a million. (`training=False` alone does not ensure this in Keras 3;
+see `classifier.py`.)
 """
 
 import dataclasses
@@ -84,7 +85,7 @@ def set_trainable_blocks(model, n, block_patterns=None):
     for i, block in enumerate(reversed(blocks)):
         for layer in block.layers:
             layer.trainable = i < n
-    for layer in _all_layers(backbone):
+    for layer in all_layers(backbone):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
     for layer in head_layers(model):
@@ -154,7 +155,8 @@ def _blocks(backbone, block_patterns):
     return blocks if blocks[0].layers else blocks[1:]
 
 
-def _all_layers(layer):
+def all_layers(layer):
+    """Yields every layer nested in `layer`, depth first."""
     for sub in getattr(layer, "layers", ()):
         yield sub
-        yield from _all_layers(sub)
+        yield from all_layers(sub)
