@@ -1,0 +1,69 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+from visiontune import config, train
+from conftest import write_image_folder
+
+FAST = ["--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",
+        "--head-epochs", "2", "--finetune-epochs", "1", "--batch-size", "8", "--quiet"]
+
+
+def test_cli_trains_end_to_end_and_the_model_loads(tmp_path):
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=8)
+    out = str(tmp_path / "run")
+    assert train.main(["--data", data, "--output", out, *FAST]) == 0
+    for name in ("model.keras", "labels.txt", "config.yaml", "history.csv", "metrics.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert not [f for f in os.listdir(out) if "partial" in f]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["class_names"] == ["blue", "green", "red"]
+    assert metrics["epochs"] == {"head": 2, "finetune": 1}
+    assert metrics["trainable_params"]["finetune"] > metrics["trainable_params"]["head"]
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert model.output_shape == (None, 3)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1.0, atol=1e-5)
+    history = open(os.path.join(out, "history.csv")).read().splitlines()
+    assert history[0].startswith("epoch,phase") and len(history) == 4
+    assert [row.split(",")[1] for row in history[1:]] == ["head", "head", "finetune"]
+
+
+def test_existing_run_directory_is_refused(tmp_path, capsys):
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=4)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert train.main(["--data", data, "--output", str(out), *FAST]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
+    assert train.main(["--data", str(tmp_path / "nope"), "--output", str(tmp_path / "r"),
+                       *FAST]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_flags_map_to_config_fields():
+    args = config.build_parser().parse_args(
+        ["--data", "d", "--hidden-units", "512,128", "--unfreeze-blocks", "4",
+         "--finetune-lr", "3e-5", "--l2", "0"])
+    cfg = config.config_from_args(args)
+    assert cfg.hidden_units == (512, 128) and cfg.unfreeze_blocks == 4
+    assert cfg.finetune_lr == 3e-5 and cfg.l2 == 0.0
+
+
+def test_help_groups_and_explains_every_flag():
+    result = subprocess.run([sys.executable, "-m", "visiontune.train", "--help"],
+                            capture_output=True, text=True, check=True)
+    for group in ("Data:", "Model:", "Schedule:", "Output:"):
+        assert group in result.stdout
+    for flag in ("--data", "--backbone", "--weights", "--image-size", "--batch-size",
+                 "--head-epochs", "--head-lr", "--finetune-epochs", "--finetune-lr",
+                 "--unfreeze-blocks", "--dropout", "--l2", "--seed", "--output"):
+        assert flag in result.stdout
