@@ -90,7 +90,7 @@ def test_model_input_range_is_what_the_family_expects(spec):
     # EfficientNet's built-in Normalization holds ImageNet statistics only once
     # ImageNet weights are loaded; with weights=None it passes [0, 1] through.
     low, high, min_span = {"caffe": (-124, 152, 250), "tf": (-1, 1, 1.99),
-                           "builtin": (-2.2, 2.7, 0.99)}[spec.preprocessing]
+                           "builtin": (-2.2, 2.7, 0.99), "lite": (-1, 1, 1.99)}[spec.preprocessing]
     assert seen.min() >= low - 1e-3 and seen.max() <= high + 1e-3
     assert seen.max() - seen.min() >= min_span  # black and white stay apart
 

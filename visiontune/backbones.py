@@ -13,7 +13,7 @@ from typing import Callable
 
 import keras
 
-from visiontune import weights as weights_lib
+from visiontune import lite, weights as weights_lib
 
 # Block patterns, one tuple per family. A layer belongs to the block named by
 # the first capture group of the first pattern that matches its name. Layers
@@ -42,6 +42,8 @@ PREPROCESSING_MODES = {
     "tf": "scale to [-1, 1]: x / 127.5 - 1",
     # EfficientNet, EfficientNetV2 and MobileNetV3 normalise inside the network.
     "builtin": "none here: the backbone's own first layers normalise its input",
+    # EfficientNet-Lite (TensorFlow's reference preprocessing for it).
+    "lite": "(x - 127) / 128",
 }
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -95,6 +97,11 @@ def _entries():
     for suffix, size, width in v2:
         ctor = getattr(apps, f"EfficientNetV2{suffix.upper()}")
         yield BackboneSpec(f"efficientnetv2{suffix}", ctor, "builtin", size, 32, width,
+                           EFFICIENTNET_BLOCKS)
+
+    for variant, spec in lite.VARIANTS.items():
+        ctor = getattr(lite, f"EfficientNetLite{variant}")
+        yield BackboneSpec(f"efficientnet_lite{variant}", ctor, "lite", spec.size, 32, 1280,
                            EFFICIENTNET_BLOCKS)
 
     yield BackboneSpec("mobilenet", apps.MobileNet, "tf", 224, 32, 1024, MOBILENET_BLOCKS)
@@ -167,6 +174,8 @@ def preprocessing_layer(mode, name="preprocess"):
     """
     if mode == "tf":
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name)
+    if mode == "lite":
+        return keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name=name)
     if mode == "caffe":
         # A fixed 3x3 permutation with a bias is RGB->BGR then mean removal,
         # exact in float32, as one built-in layer (no Lambda, no custom class).

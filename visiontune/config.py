@@ -38,7 +38,7 @@ class TrainConfig:
         None, "Data", "input side length in pixels (default: the backbone's own)")
     batch_size: int = _field(32, "Data", "images per batch")
     # Model
-    backbone: str = _field("efficientnetb0", "Model", "registered backbone name "
+    backbone: str = _field("efficientnet_lite0", "Model", "registered backbone name "
                            "(python -c 'import visiontune; print(visiontune.list_backbones())')")
     weights: typing.Optional[str] = _field(
         "imagenet", "Model", "'imagenet', a weights file path, or 'none' for random weights")
