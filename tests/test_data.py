@@ -86,3 +86,18 @@ def test_resize_keeps_aspect_ratio_with_centre_crop(tmp_path):
     files = data.scan_folder(str(tmp_path))
     batch, _ = next(iter(data.make_pipeline(files, 20, batch_size=4)))
     assert float(np.min(batch[0])) > 250  # the crop kept only the white centre
+
+
+def test_builtin_digits_work_offline_and_are_stratified():
+    splits = data.load_data("builtin:digits", 32, batch_size=64, validation_split=0.2, seed=0)
+    assert splits.class_names == [str(d) for d in range(10)]
+    assert len(splits.train_files.paths) + len(splits.val_files.paths) == 1797
+    counts = splits.val_files.counts()
+    assert all(35 <= n <= 37 for n in counts.values())
+    images, labels = next(iter(splits.train))
+    assert images.shape == (64, 32, 32, 3) and float(np.max(images)) > 200
+    np.testing.assert_array_equal(images[..., 0], images[..., 2])  # grey as RGB
+    again = data.load_data("builtin:digits", 32, seed=0)
+    assert again.val_files.paths == splits.val_files.paths
+    with pytest.raises(ValueError, match="builtin:digits"):
+        data.load_data("builtin:mnist", 32)

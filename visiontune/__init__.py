@@ -9,7 +9,7 @@ Example:
 
 from visiontune.backbones import BACKBONES, BackboneSpec, list_backbones
 from visiontune.classifier import build_classifier
-from visiontune.data import load_image_folder
+from visiontune.data import load_data, load_image_folder
 from visiontune.finetune import Phase, PhasedHistory, fine_tune
 from visiontune.freezing import (
     count_blocks,
@@ -34,6 +34,7 @@ __all__ = [
     "fine_tune",
     "freeze_backbone",
     "list_backbones",
+    "load_data",
     "load_image_folder",
     "trainable_summary",
     "unfreeze_top_blocks",

@@ -27,8 +27,9 @@ class TrainConfig:
     """Every setting of `python -m visiontune.train`; field names match the flags."""
 
     # Data
-    data: typing.Optional[str] = _field(
-        None, "Data", "folder of class subfolders, or with train/ and val/ subfolders")
+    data: str = _field(
+        "builtin:digits", "Data", "folder of class subfolders (or with train/ and val/ "
+        "subfolders), or builtin:digits, scikit-learn's digits, which need no network")
     val_data: typing.Optional[str] = _field(
         None, "Data", "separate validation folder (default: val/ inside --data, or a split)")
     validation_split: float = _field(

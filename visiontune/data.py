@@ -1,4 +1,4 @@
-"""Image folders in, batched `tf.data` pipelines of raw RGB pixels out.
+"""Image folders (or `builtin:digits`) in, batched `tf.data` pipelines of raw RGB pixels out.
 
 A folder either holds class subfolders directly (split here into training and
 validation, stratified and seeded) or has `train/` and `val/` subfolders that
@@ -120,23 +120,86 @@ def stratified_split(files, fraction, seed=0):
     Each class keeps at least one training and one validation image. The same
     seed and files always give the same split.
     """
+    is_val = validation_mask(files.labels, files.class_names, fraction, seed)
+    labels = np.asarray(files.labels)
+    pick = lambda mask: ImageFiles([p for p, m in zip(files.paths, mask) if m],  # noqa: E731
+                                   labels[mask].tolist(), files.class_names)
+    return pick(~is_val), pick(is_val)
+
+
+def validation_mask(labels, class_names, fraction, seed=0):
+    """Returns a boolean mask that holds out `fraction` of every class, seeded."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"Expected `validation_split` in (0, 1). Received: {fraction!r}")
     rng = np.random.default_rng(seed)
-    labels = np.asarray(files.labels)
-    val_index = []
-    for label, name in enumerate(files.class_names):
+    labels = np.asarray(labels)
+    is_val = np.zeros(len(labels), bool)
+    for label, name in enumerate(class_names):
         members = np.flatnonzero(labels == label)
         if len(members) < 2:
             raise ValueError(f"Class {name!r} has {len(members)} image(s); splitting off a "
                              "validation set needs at least 2 per class.")
         n_val = min(max(1, round(fraction * len(members))), len(members) - 1)
-        val_index += rng.permutation(members)[:n_val].tolist()
-    is_val = np.zeros(len(labels), bool)
-    is_val[val_index] = True
-    pick = lambda mask: ImageFiles([p for p, m in zip(files.paths, mask) if m],  # noqa: E731
-                                   labels[mask].tolist(), files.class_names)
-    return pick(~is_val), pick(is_val)
+        is_val[rng.permutation(members)[:n_val]] = True
+    return is_val
+
+
+def load_data(source, image_size, batch_size=32, validation_split=0.2, seed=0, val_source=None):
+    """Loads training and validation pipelines from a folder or `builtin:digits`.
+
+    Args:
+        source: A folder (see `load_image_folder`) or `"builtin:digits"`.
+        image_size: Side length or `(height, width)`.
+        batch_size: Batch size of both pipelines.
+        validation_split: Fraction of each class held out when there is no
+            separate validation data.
+        seed: Seed of the split and the shuffling.
+        val_source: An explicit validation folder.
+
+    Returns:
+        `DataSplits`.
+    """
+    if str(source).startswith("builtin:"):
+        return load_builtin(source.split(":", 1)[1], image_size, batch_size,
+                            validation_split, seed)
+    return load_image_folder(source, image_size, batch_size, validation_split, seed, val_source)
+
+
+def load_builtin(name, image_size, batch_size=32, validation_split=0.2, seed=0):
+    """Loads a dataset that ships with an installed package, so it works offline.
+
+    `"digits"` is scikit-learn's 1,797 handwritten digits (8x8, 10 classes),
+    turned to RGB and resized to `image_size`.
+    """
+    if name != "digits":
+        raise ValueError(f"Unknown built-in dataset {name!r}. Expected: builtin:digits.")
+    from sklearn.datasets import load_digits  # Imported here: only this dataset needs it.
+
+    digits = load_digits()
+    images = np.repeat(np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None],
+                       3, axis=-1)
+    class_names = [str(d) for d in digits.target_names]
+    is_val = validation_mask(digits.target, class_names, validation_split, seed)
+
+    def split(mask):
+        return ImageFiles([f"digits[{i}]" for i in np.flatnonzero(mask)],
+                          digits.target[mask].tolist(), class_names)
+
+    return DataSplits(
+        train=array_pipeline(images[~is_val], digits.target[~is_val], image_size, batch_size,
+                             shuffle=True, seed=seed),
+        val=array_pipeline(images[is_val], digits.target[is_val], image_size, batch_size),
+        class_names=class_names, train_files=split(~is_val), val_files=split(is_val))
+
+
+def array_pipeline(images, labels, image_size, batch_size=32, shuffle=False, seed=0):
+    """Returns a batched pipeline from in-memory uint8 RGB images of any one size."""
+    height, width = backbones.normalize_size(image_size)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.int32)))
+    ds = ds.map(lambda x, y: (_to_uint8(tf.image.resize(tf.cast(x, tf.float32),
+                                                        (height, width))), y),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _finish(ds, len(images), height, width, batch_size, shuffle, seed)
 
 
 def load_image_folder(path, image_size, batch_size=32, validation_split=0.2, seed=0,
@@ -191,14 +254,22 @@ def make_pipeline(files, image_size, batch_size=32, shuffle=False, seed=0):
 
     def decode(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image = resize(tf.cast(image, tf.float32))
-        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
+        return _to_uint8(resize(tf.cast(image, tf.float32))), label
 
     ds = tf.data.Dataset.from_tensor_slices((files.paths, np.asarray(files.labels, np.int32)))
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if len(files.paths) * height * width * 3 <= _CACHE_BUDGET_BYTES:
+    return _finish(ds, len(files.paths), height, width, batch_size, shuffle, seed)
+
+
+def _to_uint8(image):
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _finish(ds, count, height, width, batch_size, shuffle, seed):
+    """Caches decoded uint8 images when they fit, shuffles, batches and prefetches."""
+    if count * height * width * 3 <= _CACHE_BUDGET_BYTES:
         ds = ds.cache()
     if shuffle:
-        ds = ds.shuffle(len(files.paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
     return ds.prefetch(tf.data.AUTOTUNE)

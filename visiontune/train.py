@@ -31,8 +31,6 @@ def run(config):
     >>> metrics = run(TrainConfig(data="photos/", head_epochs=5, finetune_epochs=5))
     """
     say = (lambda *a: None) if config.quiet else print
-    if not config.data:
-        raise ValueError("No training data: pass --data with a folder of class subfolders.")
     keras.utils.set_random_seed(config.seed)
     out = rundir.prepare(config.output or rundir.default_run_dir(config.backbone),
                          config.overwrite)
@@ -40,9 +38,9 @@ def run(config):
 
     weights = None if str(config.weights).lower() == "none" else config.weights
     spec_size = config.image_size or _default_size(config.backbone)
-    splits = data.load_image_folder(config.data, spec_size, config.batch_size,
+    splits = data.load_data(config.data, spec_size, config.batch_size,
                                     config.validation_split, config.seed, config.val_data)
-    say(f"Classes: {splits.train_files.counts()} for training, "
+    say(f"Data: {config.data}; training images per class {splits.train_files.counts()}, "
         f"{len(splits.val_files.paths)} validation images")
     model = classifier.build_classifier(
         config.backbone, len(splits.class_names), weights, spec_size,
