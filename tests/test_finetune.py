@@ -119,3 +119,11 @@ def test_one_hot_and_multi_label_targets_pick_the_right_loss():
     model = visiontune.build_classifier(tiny_backbone(), 3, multi_label=True)
     visiontune.fine_tune(model, (x, np.eye(3)[y]), head_epochs=1, finetune_epochs=0, verbose=0)
     assert isinstance(model.loss, keras.losses.BinaryCrossentropy)
+
+
+def test_no_epochs_leaves_the_model_frozen_and_untouched():
+    model = visiontune.build_classifier(tiny_backbone(), 3)
+    history = visiontune.fine_tune(model, datasets()[0], head_epochs=0, finetune_epochs=0,
+                                   unfreeze_blocks=3)
+    assert history.epoch == [] and history.phases == []
+    assert not visiontune.find_backbone(model).trainable_weights

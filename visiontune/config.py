@@ -8,7 +8,13 @@ setting is adding a field here.
 
 import argparse
 import dataclasses
+import inspect
 import typing
+
+from visiontune import finetune
+
+# The schedule's defaults are `fine_tune`'s, so the API and the CLI never disagree.
+_RECIPE = {name: p.default for name, p in inspect.signature(finetune.fine_tune).parameters.items()}
 
 GROUPS = {
     "Data": "where the images come from and how they are batched",
@@ -51,18 +57,23 @@ class TrainConfig:
     l2: float = _field(1e-4, "Model", "L2 penalty on the head's kernels")
     l1: float = _field(0.0, "Model", "L1 penalty on the head's kernels")
     # Schedule
-    head_epochs: int = _field(10, "Schedule", "phase 1 epochs: the head on a frozen backbone")
-    head_lr: float = _field(1e-3, "Schedule", "phase 1 learning rate")
-    finetune_epochs: int = _field(10, "Schedule", "phase 2 epochs: top blocks unfrozen "
-                                  "(0 skips phase 2)")
-    finetune_lr: float = _field(1e-5, "Schedule", "phase 2 (peak) learning rate")
-    unfreeze_blocks: int = _field(2, "Schedule", "backbone blocks to unfreeze in phase 2, "
-                                  "counted from the top; BatchNorm stays frozen")
-    optimizer: str = _field("adam", "Schedule", "optimizer of both phases",
-                            choices=("adam", "adamw", "sgd", "rmsprop"))
-    schedule: str = _field("constant", "Schedule", "phase 2 learning-rate schedule",
-                           choices=("constant", "cosine"))
-    warmup_epochs: int = _field(0, "Schedule", "phase 2 linear warmup epochs (cosine only)")
+    head_epochs: int = _field(
+        _RECIPE["head_epochs"], "Schedule", "phase 1 epochs: the head on a frozen backbone")
+    head_lr: float = _field(_RECIPE["head_lr"], "Schedule", "phase 1 learning rate")
+    finetune_epochs: int = _field(
+        _RECIPE["finetune_epochs"], "Schedule", "phase 2 epochs: top blocks unfrozen "
+                                                "(0 skips phase 2)")
+    finetune_lr: float = _field(_RECIPE["finetune_lr"], "Schedule",
+                                "phase 2 peak learning rate")
+    unfreeze_blocks: int = _field(
+        _RECIPE["unfreeze_blocks"], "Schedule", "backbone blocks to unfreeze in phase 2, "
+                                                "counted from the top; BatchNorm stays frozen")
+    optimizer: str = _field(_RECIPE["optimizer"], "Schedule", "optimizer of both phases",
+                            choices=finetune.OPTIMIZERS)
+    schedule: str = _field(_RECIPE["schedule"], "Schedule", "phase 2 learning-rate schedule: "
+                           "cosine decays to 0 after the warmup", choices=finetune.SCHEDULES)
+    warmup_epochs: int = _field(_RECIPE["warmup_epochs"], "Schedule",
+                                "phase 2 linear warmup epochs (cosine only)")
     # Output
     output: typing.Optional[str] = _field(
         None, "Output", "run directory (default: runs/<timestamp>-<backbone>)")

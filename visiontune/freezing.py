@@ -69,15 +69,22 @@ def count_blocks(model, block_patterns=None):
     return len(_blocks(find_backbone(model), block_patterns))
 
 
-def set_trainable_blocks(model, n, block_patterns=None):
-    """Freezes all but the top `n` backbone blocks; the head is always trainable."""
+def check_block_count(model, n, block_patterns=None):
+    """Raises a clear error unless `0 <= n <= count_blocks(model)`."""
     backbone = find_backbone(model)
-    blocks = _blocks(backbone, block_patterns)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= len(blocks):
+    total = len(_blocks(backbone, block_patterns))
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= total:
         raise ValueError(
-            f"Expected `unfreeze_blocks` between 0 and {len(blocks)} for {backbone.name}. "
+            f"Expected `unfreeze_blocks` between 0 and {total} for {backbone.name}. "
             f"Received: unfreeze_blocks={n!r}."
         )
+
+
+def set_trainable_blocks(model, n, block_patterns=None):
+    """Freezes all but the top `n` backbone blocks; the head is always trainable."""
+    check_block_count(model, n, block_patterns)
+    backbone = find_backbone(model)
+    blocks = _blocks(backbone, block_patterns)
     model.trainable = True
     for layer in model.layers[: model.layers.index(backbone)]:
         layer.trainable = False  # The input normalisation is fixed.

@@ -37,13 +37,13 @@ def run(config):
     say(f"visiontune: run directory {os.path.abspath(out)}")
 
     weights = None if str(config.weights).lower() == "none" else config.weights
-    spec_size = config.image_size or _default_size(config.backbone)
-    splits = data.load_data(config.data, spec_size, config.batch_size,
+    image_size = config.image_size or _default_size(config.backbone)
+    splits = data.load_data(config.data, image_size, config.batch_size,
                                     config.validation_split, config.seed, config.val_data)
     say(f"Data: {config.data}; training images per class {splits.train_files.counts()}, "
         f"{len(splits.val_files.paths)} validation images")
     model = classifier.build_classifier(
-        config.backbone, len(splits.class_names), weights, spec_size,
+        config.backbone, len(splits.class_names), weights, image_size,
         pooling=config.pooling, dropout=config.dropout, hidden_units=config.hidden_units,
         l2=config.l2, l1=config.l1)
     say(freezing.trainable_summary(model))
