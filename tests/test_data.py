@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visiontune import data
+from visiontune import data, images
 from conftest import write_image_folder
 
 
@@ -12,9 +12,9 @@ def test_images_are_recognised_by_content(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "real_bmp.jpg", format="BMP")
     (tmp_path / "text.jpg").write_text("not an image")
     (tmp_path / "empty.png").write_bytes(b"")
-    assert data.image_format(str(tmp_path / "real_bmp.jpg")) == "bmp"
-    assert data.image_format(str(tmp_path / "text.jpg")) is None
-    assert data.image_format(str(tmp_path / "empty.png")) is None
+    assert images.image_format(str(tmp_path / "real_bmp.jpg")) == "bmp"
+    assert images.image_format(str(tmp_path / "text.jpg")) is None
+    assert images.image_format(str(tmp_path / "empty.png")) is None
 
 
 def test_scan_skips_hidden_and_non_image_files(tmp_path):
@@ -36,7 +36,7 @@ def test_folder_errors_name_the_folder(tmp_path):
     with pytest.raises(ValueError, match="at least two class subfolders"):
         data.scan_folder(str(tmp_path))
     os.makedirs(tmp_path / "other")
-    with pytest.raises(ValueError, match=r"Class folder .*only.* has no images"):
+    with pytest.raises(ValueError, match=r"Class folder .*only.* has no usable images"):
         data.scan_folder(str(tmp_path))
 
 
@@ -55,22 +55,22 @@ def test_split_is_stratified_reproducible_and_disjoint(tmp_path):
 def test_train_and_val_subfolders_are_used_and_checked(tmp_path):
     write_image_folder(str(tmp_path / "train"), n_per_class=4)
     write_image_folder(str(tmp_path / "val"), n_per_class=2, seed=1)
-    splits = data.load_image_folder(str(tmp_path), 24, batch_size=5)
+    splits = data.load_data(str(tmp_path), 24, batch_size=5)
     assert len(splits.train_files.paths) == 12 and len(splits.val_files.paths) == 6
     images, labels = next(iter(splits.val))
     assert images.shape == (5, 24, 24, 3) and images.dtype == "float32"
     assert 0 <= float(np.min(images)) and float(np.max(images)) <= 255
     os.rename(tmp_path / "val" / "red", tmp_path / "val" / "rouge")
     with pytest.raises(ValueError, match="differ from the training classes"):
-        data.load_image_folder(str(tmp_path), 24)
+        data.load_data(str(tmp_path), 24)
 
 
 def test_pipeline_keeps_labels_with_their_images(tmp_path):
     """Red images must arrive labelled red after decoding, caching and shuffling."""
-    splits = data.load_image_folder(write_image_folder(str(tmp_path), n_per_class=6), 16,
-                                    batch_size=4, validation_split=0.5)
-    for images, labels in splits.train.concatenate(splits.val):
-        channel_means = np.asarray(images).mean(axis=(1, 2))
+    splits = data.load_data(write_image_folder(str(tmp_path), n_per_class=6), 16,
+                            batch_size=4, validation_split=0.5)
+    for batch, labels in splits.train.concatenate(splits.val):
+        channel_means = np.asarray(batch).mean(axis=(1, 2))
         dominant = np.argmax(channel_means, axis=1)  # r, g, b
         names = np.asarray(splits.class_names)[np.asarray(labels)]
         assert list(np.asarray(["red", "green", "blue"])[dominant]) == list(names)
@@ -84,7 +84,7 @@ def test_resize_keeps_aspect_ratio_with_centre_crop(tmp_path):
         Image.fromarray(image).save(tmp_path / cls / "wide.png")
         Image.fromarray(image).save(tmp_path / cls / "wide2.png")
     files = data.scan_folder(str(tmp_path))
-    batch, _ = next(iter(data.make_pipeline(files, 20, batch_size=4)))
+    batch, _ = next(iter(data.file_pipeline(files, 20, batch_size=4)))
     assert float(np.min(batch[0])) > 250  # the crop kept only the white centre
 
 

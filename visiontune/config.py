@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 import typing
 
-from visiontune import finetune
+from visiontune import augment, data as data_lib, finetune
 
 # The schedule's defaults are `fine_tune`'s, so the API and the CLI never disagree.
 _RECIPE = {name: p.default for name, p in inspect.signature(finetune.fine_tune).parameters.items()}
@@ -44,6 +44,19 @@ class TrainConfig:
     image_size: typing.Optional[int] = _field(
         None, "Data", "input side length in pixels (default: the backbone's own)")
     batch_size: int = _field(32, "Data", "images per batch")
+    resize: str = _field("crop", "Data", "crop: keep the aspect ratio and crop the centre; "
+                         "stretch: resize the whole image", choices=data_lib.RESIZE_POLICIES)
+    augment: str = _field("none", "Data", "training augmentation preset: light = flip, "
+                          "rotation, zoom, contrast; strong = light + RandAugment",
+                          choices=augment.PRESETS)
+    mix: str = _field("none", "Data", "batch mixing of training images and labels",
+                      choices=augment.MIXES)
+    class_weight: str = _field("none", "Data", "balanced: weight the loss by inverse class "
+                               "frequency", choices=("none", "balanced"))
+    strict: bool = _field(False, "Data", "stop on undecodable image files instead of "
+                          "skipping and reporting them")
+    split: typing.Optional[str] = _field(
+        None, "Data", "reuse the train/validation split saved as split.json by an earlier run")
     # Model
     backbone: str = _field("efficientnet_lite0", "Model", "registered backbone name "
                            "(python -c 'import visiontune; print(visiontune.list_backbones())')")

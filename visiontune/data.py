@@ -1,117 +1,180 @@
-"""Image folders (or `builtin:digits`) in, batched `tf.data` pipelines of raw RGB pixels out.
+"""One entry point for data: `load_data` turns any source into batched `tf.data` pipelines.
 
-A folder either holds class subfolders directly (split here into training and
-validation, stratified and seeded) or has `train/` and `val/` subfolders that
-hold them. Files are recognised as images by their first bytes, not by their
-extension, so a BMP saved as `.jpg` loads and a text file called `.jpg` is
-ignored. Keras's `image_dataset_from_directory` trusts extensions and has no
-way to skip a file it cannot decode, which is why this module lists files itself.
+Sources: a folder of class subfolders (or with `train/`, `val/` and `test/`
+subfolders), `tfds:NAME[:SPLIT]`, `builtin:digits`, or an `(images, labels)`
+pair of numpy arrays. Every source ends in the same pipeline: resize, cache the
+uint8 pixels when they fit in memory, shuffle, batch, augment, prefetch. The
+pipelines yield float32 RGB in [0, 255] with integer labels (multi-hot for
+multi-label arrays), which is what visiontune's models take.
 """
 
 import dataclasses
+import json
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from visiontune import backbones
+from visiontune import augment, backbones, images, rundir, weights
 
-# First bytes of the formats `tf.io.decode_image` reads.
-_SIGNATURES = {
-    b"\xff\xd8\xff": "jpeg",
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"GIF87a": "gif",
-    b"GIF89a": "gif",
-    b"BM": "bmp",
-}
-_VAL_DIRS = ("val", "validation", "valid")
+RESIZE_POLICIES = ("crop", "stretch")
+_SPLIT_DIRS = {"val": ("val", "validation", "valid"), "test": ("test",)}
 _CACHE_BUDGET_BYTES = 2 * 1024**3
+_TFDS_HOST = "https://storage.googleapis.com"
 
 
 @dataclasses.dataclass
 class ImageFiles:
-    """Image paths with integer labels indexing `class_names`."""
+    """Image paths with integer labels indexing `class_names`, plus what was skipped."""
 
     paths: list
     labels: list
     class_names: list
+    bad: list = dataclasses.field(default_factory=list)
+    hashes: dict = dataclasses.field(default_factory=dict)
 
     def counts(self):
         """Returns `{class name: number of images}`."""
         found = np.bincount(np.asarray(self.labels, dtype=int), minlength=len(self.class_names))
         return dict(zip(self.class_names, found.tolist()))
 
+    def subset(self, mask):
+        """Returns the files where `mask` is true, keeping their hashes."""
+        paths = [p for p, keep in zip(self.paths, mask) if keep]
+        return ImageFiles(paths, np.asarray(self.labels)[np.asarray(mask)].tolist(),
+                          self.class_names, hashes={p: self.hashes[p] for p in paths
+                                                    if p in self.hashes})
+
 
 @dataclasses.dataclass
 class DataSplits:
-    """Batched training and validation pipelines plus what they were made from."""
+    """Training and validation pipelines (and test, if given) and what made them."""
 
     train: tf.data.Dataset
     val: tf.data.Dataset
     class_names: list
     train_files: ImageFiles
     val_files: ImageFiles
+    test: tf.data.Dataset = None
+    bad_files: list = dataclasses.field(default_factory=list)
+    duplicates: list = dataclasses.field(default_factory=list)
+
+    def class_weight(self):
+        """Returns balanced class weights, `n / (classes * count)`, as a `fit` dict."""
+        counts = np.asarray(list(self.train_files.counts().values()), dtype=float)
+        return {i: float(counts.sum() / (len(counts) * c)) for i, c in enumerate(counts) if c}
+
+    def report(self):
+        """Returns what a run's `data_report.json` holds."""
+        return {"class_counts": {"train": self.train_files.counts(),
+                                 "val": self.val_files.counts()},
+                "bad_files": [dataclasses.asdict(b) for b in self.bad_files],
+                "bad_file_count": len(self.bad_files),
+                "train_val_duplicates": [list(pair) for pair in self.duplicates]}
+
+    def save_split(self, path):
+        """Writes the train and validation file lists, so a rerun uses the same files."""
+        rundir.write_json(path, {"class_names": self.class_names,
+                                 "train": self.train_files.paths, "val": self.val_files.paths})
 
 
-def image_format(path):
-    """Returns `"jpeg"`, `"png"`, `"gif"` or `"bmp"` from a file's first bytes, else None."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return None
-    for signature, name in _SIGNATURES.items():
-        if head.startswith(signature):
-            return name
-    return None
+def load_data(source, image_size, *, batch_size=32, validation_split=0.2, seed=0,
+              val_source=None, augment_preset="none", mix="none", resize="crop", strict=False,
+              split_file=None, verbose=True):
+    """Loads training and validation pipelines from any supported source.
+
+    Args:
+        source: A folder, `"tfds:NAME[:SPLIT]"`, `"builtin:digits"`, or an
+            `(images, labels)` pair of arrays (uint8 or float RGB in [0, 255]).
+        image_size: Side length or `(height, width)`.
+        batch_size: Batch size of every pipeline.
+        validation_split: Fraction held out (per class, seeded) when there is
+            no separate validation data.
+        seed: Seed of the split, the shuffling and the augmentation.
+        val_source: Separate validation data, in the same forms as `source`.
+        augment_preset: `"none"`, `"light"` or `"strong"` (training only).
+        mix: `"none"`, `"mixup"` or `"cutmix"` (training only).
+        resize: `"crop"` keeps the aspect ratio and crops the centre (the
+            ImageNet evaluation protocol, so objects keep their shape);
+            `"stretch"` resizes the whole image to the target shape.
+        strict: Stop with an error naming every bad file instead of skipping.
+        split_file: A `split.json` from an earlier run; its files are reused.
+        verbose: Show the pre-scan's progress bar.
+
+    Returns:
+        `DataSplits`.
+
+    Example:
+
+    >>> data = visiontune.load_data("photos/", 224, augment_preset="light")
+    >>> data.train_files.counts()
+    {'cats': 120, 'dogs': 98}
+    """
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"Expected `resize` in {RESIZE_POLICIES}. Received: {resize!r}")
+    if isinstance(source, (tuple, list)):
+        train_x, train_y = source
+        val_x, val_y = val_source if val_source is not None else (None, None)
+        splits = load_arrays(train_x, train_y, val_x, val_y, image_size, batch_size,
+                             validation_split, seed, resize)
+    elif str(source).startswith("builtin:"):
+        splits = load_builtin(source.split(":", 1)[1], image_size, batch_size,
+                              validation_split, seed, resize)
+    elif str(source).startswith("tfds:"):
+        splits = load_tfds(source, image_size, batch_size, validation_split, seed, val_source,
+                           resize)
+    else:
+        splits = load_image_folder(source, image_size, batch_size, validation_split, seed,
+                                   val_source, resize, strict, split_file, verbose)
+    splits.train = augment.apply(splits.train, augment_preset, mix, len(splits.class_names),
+                                 seed).prefetch(tf.data.AUTOTUNE)
+    if mix != "none":  # Mixed labels are one-hot; evaluation data must match the loss.
+        one_hot = lambda x, y: (x, tf.one_hot(y, len(splits.class_names)))  # noqa: E731
+        splits.val = splits.val.map(one_hot)
+        splits.test = splits.test.map(one_hot) if splits.test is not None else None
+    return splits
 
 
-def scan_folder(path, class_names=None):
-    """Lists the images in a folder of class subfolders.
-
-    Hidden files and folders (`.DS_Store`, `.ipynb_checkpoints`) and files
-    that are not JPEG, PNG, GIF or BMP by content are skipped.
+def scan_folder(path, class_names=None, check=True, verbose=False):
+    """Lists the usable images in a folder of class subfolders.
 
     Args:
         path: Folder whose subfolders are the classes.
-        class_names: Expected classes, e.g. the training classes when
-            scanning a validation folder; a mismatch is an error.
+        class_names: Expected classes (the training classes when scanning a
+            validation folder); a mismatch is an error.
+        check: Decode every image once to find broken ones.
+        verbose: Show a progress bar while decoding.
 
     Returns:
-        An `ImageFiles` sorted by class, then path.
+        An `ImageFiles`, with bad files listed in `.bad`.
     """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Data folder {path!r} does not exist or is not a folder. "
                                 "Pass a folder of class subfolders (--data DIR).")
     found = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
     if class_names is not None and found != list(class_names):
-        raise ValueError(
-            f"Classes in {path!r} differ from the training classes. "
-            f"Expected: {list(class_names)}. Found: {found}. "
-            "Give both folders the same class subfolders."
-        )
+        raise ValueError(f"Classes in {path!r} differ from the training classes. "
+                         f"Expected: {list(class_names)}. Found: {found}. "
+                         "Give both folders the same class subfolders.")
     if len(found) < 2:
         raise ValueError(f"Expected at least two class subfolders in {path!r}. Found: {found}. "
                          "Put each class's images in a subfolder named after it.")
+    per_class = [images.list_images(os.path.join(path, name)) for name in found]
+    candidates = [p for good, _ in per_class for p in good]
+    scan = images.check_decodable(candidates, verbose) if check else images.ScanResult(
+        candidates, [], {})
+    usable = set(scan.good)
     paths, labels = [], []
-    for label, name in enumerate(found):
-        images = _images_under(os.path.join(path, name))
-        if not images:
-            raise ValueError(f"Class folder {os.path.join(path, name)!r} has no images "
-                             "(JPEG, PNG, GIF or BMP). Add images or remove the folder.")
-        paths += images
-        labels += [label] * len(images)
-    return ImageFiles(paths, labels, found)
-
-
-def _images_under(folder):
-    images = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        images += [os.path.join(root, f) for f in sorted(files)
-                   if not f.startswith(".") and image_format(os.path.join(root, f))]
-    return images
+    for label, (name, (good, _)) in enumerate(zip(found, per_class)):
+        mine = [p for p in good if p in usable]
+        if not mine:
+            raise ValueError(f"Class folder {os.path.join(path, name)!r} has no usable images "
+                             "(JPEG, PNG, GIF or BMP that decode). Add images or remove it.")
+        paths += mine
+        labels += [label] * len(mine)
+    bad = [b for _, listed_bad in per_class for b in listed_bad] + scan.bad
+    return ImageFiles(paths, labels, found, sorted(bad, key=lambda b: b.path), scan.hashes)
 
 
 def stratified_split(files, fraction, seed=0):
@@ -121,10 +184,7 @@ def stratified_split(files, fraction, seed=0):
     seed and files always give the same split.
     """
     is_val = validation_mask(files.labels, files.class_names, fraction, seed)
-    labels = np.asarray(files.labels)
-    pick = lambda mask: ImageFiles([p for p, m in zip(files.paths, mask) if m],  # noqa: E731
-                                   labels[mask].tolist(), files.class_names)
-    return pick(~is_val), pick(is_val)
+    return files.subset(~is_val), files.subset(is_val)
 
 
 def validation_mask(labels, class_names, fraction, seed=0):
@@ -144,28 +204,71 @@ def validation_mask(labels, class_names, fraction, seed=0):
     return is_val
 
 
-def load_data(source, image_size, batch_size=32, validation_split=0.2, seed=0, val_source=None):
-    """Loads training and validation pipelines from a folder or `builtin:digits`.
+def load_image_folder(path, image_size, batch_size=32, validation_split=0.2, seed=0,
+                      val_path=None, resize="crop", strict=False, split_file=None,
+                      verbose=False):
+    """Loads a folder of class subfolders; see `load_data` for the arguments."""
+    test_path = None
+    layout = split_subfolders(path)
+    if layout and (val_path or layout.get("val")):
+        path, val_path, test_path = layout["train"], val_path or layout["val"], layout.get("test")
+    train_files = scan_folder(path, verbose=verbose)
+    bad = list(train_files.bad)
+    if split_file and os.path.exists(split_file):
+        train_files, val_files = _reuse_split(train_files, split_file)
+    elif val_path is None:
+        train_files, val_files = stratified_split(train_files, validation_split, seed)
+    else:
+        val_files = scan_folder(val_path, train_files.class_names, verbose=verbose)
+        bad += val_files.bad
+    if strict and bad:
+        raise ValueError("--strict: bad image files found. "
+                         + images.format_bad_files(bad, limit=len(bad)))
+    test = None
+    if test_path:
+        test_files = scan_folder(test_path, train_files.class_names, verbose=verbose)
+        bad += test_files.bad
+        test = file_pipeline(test_files, image_size, batch_size, resize=resize)
+    return DataSplits(
+        train=file_pipeline(train_files, image_size, batch_size, True, seed, resize),
+        val=file_pipeline(val_files, image_size, batch_size, resize=resize),
+        class_names=train_files.class_names, train_files=train_files, val_files=val_files,
+        test=test, bad_files=bad,
+        duplicates=images.cross_duplicates(train_files.hashes, val_files.hashes))
 
-    Args:
-        source: A folder (see `load_image_folder`) or `"builtin:digits"`.
-        image_size: Side length or `(height, width)`.
-        batch_size: Batch size of both pipelines.
-        validation_split: Fraction of each class held out when there is no
-            separate validation data.
-        seed: Seed of the split and the shuffling.
-        val_source: An explicit validation folder.
 
-    Returns:
-        `DataSplits`.
-    """
-    if str(source).startswith("builtin:"):
-        return load_builtin(source.split(":", 1)[1], image_size, batch_size,
-                            validation_split, seed)
-    return load_image_folder(source, image_size, batch_size, validation_split, seed, val_source)
+def split_subfolders(path):
+    """Returns `{"train": ..., "val": ..., "test": ...}` subfolders that exist, or {}."""
+    if not os.path.isdir(os.path.join(path, "train")):
+        return {}
+    found = {"train": os.path.join(path, "train")}
+    for kind, names in _SPLIT_DIRS.items():
+        existing = [os.path.join(path, n) for n in names if os.path.isdir(os.path.join(path, n))]
+        if existing:
+            found[kind] = existing[0]
+    return found
 
 
-def load_builtin(name, image_size, batch_size=32, validation_split=0.2, seed=0):
+def _reuse_split(files, split_file):
+    with open(split_file, encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved["class_names"] != files.class_names:
+        raise ValueError(f"Split file {split_file!r} has classes {saved['class_names']}, but "
+                         f"the data folder has {files.class_names}.")
+    index = {p: i for i, p in enumerate(files.paths)}
+    missing = [p for p in saved["train"] + saved["val"] if p not in index]
+    if missing:
+        raise ValueError(f"Split file {split_file!r} names {len(missing)} image(s) that are "
+                         f"gone or unreadable, e.g. {missing[0]!r}. Restore them, or start "
+                         "a new run without the saved split.")
+    val = set(saved["val"])
+    keep = np.isin(np.arange(len(files.paths)), [index[p] for p in saved["train"] + saved["val"]])
+    is_val = np.asarray([p in val for p in files.paths])
+    return files.subset(keep & ~is_val), files.subset(keep & is_val)
+
+
+def load_builtin(name, image_size, batch_size=32, validation_split=0.2, seed=0,
+                 resize="crop"):
     """Loads a dataset that ships with an installed package, so it works offline.
 
     `"digits"` is scikit-learn's 1,797 handwritten digits (8x8, 10 classes),
@@ -176,97 +279,120 @@ def load_builtin(name, image_size, batch_size=32, validation_split=0.2, seed=0):
     from sklearn.datasets import load_digits  # Imported here: only this dataset needs it.
 
     digits = load_digits()
-    images = np.repeat(np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None],
-                       3, axis=-1)
-    class_names = [str(d) for d in digits.target_names]
-    is_val = validation_mask(digits.target, class_names, validation_split, seed)
+    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    rgb = np.repeat(pixels[..., None], 3, axis=-1)
+    return load_arrays(rgb, digits.target, None, None, image_size, batch_size,
+                       validation_split, seed, resize,
+                       class_names=[str(d) for d in digits.target_names], name="digits")
 
-    def split(mask):
-        return ImageFiles([f"digits[{i}]" for i in np.flatnonzero(mask)],
-                          digits.target[mask].tolist(), class_names)
 
+def load_arrays(x, y, val_x=None, val_y=None, image_size=224, batch_size=32,
+                validation_split=0.2, seed=0, resize="crop", class_names=None, name="array"):
+    """Loads in-memory images: `x` is (n, h, w, 3) RGB in [0, 255], `y` int or multi-hot."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
+        raise ValueError(f"Expected images of shape (n, height, width, 3) and n labels. "
+                         f"Received: images {x.shape}, labels {y.shape}.")
+    multi_hot = y.ndim == 2
+    num_classes = y.shape[1] if multi_hot else int(y.max()) + 1
+    names = class_names or [str(i) for i in range(num_classes)]
+    labels = y.argmax(axis=1) if multi_hot else y
+    if val_x is None:
+        if multi_hot:
+            is_val = np.random.default_rng(seed).random(len(y)) < validation_split
+        else:
+            is_val = validation_mask(labels, names, validation_split, seed)
+        x, val_x, y, val_y, labels = x[~is_val], x[is_val], y[~is_val], y[is_val], \
+            labels[~is_val]
+    val_labels = np.asarray(val_y).argmax(axis=1) if multi_hot else np.asarray(val_y)
+    index = lambda n: [f"{name}[{i}]" for i in range(n)]  # noqa: E731
     return DataSplits(
-        train=array_pipeline(images[~is_val], digits.target[~is_val], image_size, batch_size,
-                             shuffle=True, seed=seed),
-        val=array_pipeline(images[is_val], digits.target[is_val], image_size, batch_size),
-        class_names=class_names, train_files=split(~is_val), val_files=split(is_val))
+        train=tensor_pipeline(x, y, image_size, batch_size, True, seed, resize),
+        val=tensor_pipeline(np.asarray(val_x), np.asarray(val_y), image_size, batch_size,
+                            resize=resize),
+        class_names=names,
+        train_files=ImageFiles(index(len(x)), labels.tolist(), names),
+        val_files=ImageFiles(index(len(val_labels)), val_labels.tolist(), names))
 
 
-def array_pipeline(images, labels, image_size, batch_size=32, shuffle=False, seed=0):
-    """Returns a batched pipeline from in-memory uint8 RGB images of any one size."""
-    height, width = backbones.normalize_size(image_size)
-    ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.int32)))
-    ds = ds.map(lambda x, y: (_to_uint8(tf.image.resize(tf.cast(x, tf.float32),
-                                                        (height, width))), y),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _finish(ds, len(images), height, width, batch_size, shuffle, seed)
+def load_tfds(source, image_size, batch_size=32, validation_split=0.2, seed=0,
+              val_source=None, resize="crop"):
+    """Loads `tfds:NAME[:SPLIT]` through tensorflow-datasets.
 
-
-def load_image_folder(path, image_size, batch_size=32, validation_split=0.2, seed=0,
-                      val_path=None):
-    """Loads a folder of class subfolders as training and validation pipelines.
-
-    Args:
-        path: A folder of class subfolders, or one with `train/` and `val/`
-            subfolders that hold them.
-        image_size: Side length or `(height, width)` to resize to.
-        batch_size: Batch size of both pipelines.
-        validation_split: Fraction of each class held out when there is no
-            validation folder.
-        seed: Seed of the split and the shuffling.
-        val_path: An explicit validation folder.
-
-    Returns:
-        `DataSplits` whose pipelines yield `(float32 images in [0, 255], int labels)`.
-
-    Example:
-
-    >>> data = visiontune.load_image_folder("photos/", 224)
-    >>> model = visiontune.build_classifier("efficientnetb0", len(data.class_names))
+    Without a validation source, the dataset's `validation` split is used if
+    it has one, and otherwise the last `validation_split` of the training split.
     """
-    train_dir = os.path.join(path, "train")
-    split_val = next((os.path.join(path, d) for d in _VAL_DIRS
-                      if os.path.isdir(os.path.join(path, d))), None)
-    if val_path is None and os.path.isdir(train_dir) and split_val:
-        path, val_path = train_dir, split_val
-    train_files = scan_folder(path)
-    if val_path is None:
-        train_files, val_files = stratified_split(train_files, validation_split, seed)
+    import tensorflow_datasets as tfds  # Imported here: only this source needs it.
+
+    _, name, train_split = (source.split(":", 2) + [""])[:3]
+    builder = tfds.builder(name)
+    if not builder.is_prepared() and not weights.host_reachable(_TFDS_HOST):
+        raise OSError(
+            f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and the download "
+            f"host cannot be reached. On a machine with network access run "
+            f"`tfds build {name}` and copy its data folder to {builder.data_dir}, or point "
+            "--data at a folder of images.")
+    builder.download_and_prepare()
+    train_split = train_split or "train"
+    if val_source:
+        val_split = val_source.split(":", 2)[2] if val_source.startswith("tfds:") else val_source
+    elif "validation" in builder.info.splits:
+        val_split = "validation"
     else:
-        val_files = scan_folder(val_path, class_names=train_files.class_names)
+        keep = round(100 * (1 - validation_split))
+        train_split, val_split = f"{train_split}[:{keep}%]", f"{train_split}[{keep}%:]"
+    names = builder.info.features["label"].names
+    train = builder.as_dataset(split=train_split, as_supervised=True, shuffle_files=False)
+    val = builder.as_dataset(split=val_split, as_supervised=True, shuffle_files=False)
+    labels = lambda ds: [int(y) for _, y in ds.as_numpy_iterator()]  # noqa: E731
+    train_labels, val_labels = labels(train), labels(val)
     return DataSplits(
-        train=make_pipeline(train_files, image_size, batch_size, shuffle=True, seed=seed),
-        val=make_pipeline(val_files, image_size, batch_size, shuffle=False),
-        class_names=train_files.class_names,
-        train_files=train_files,
-        val_files=val_files,
-    )
+        train=_finish(train.map(_resize_fn(image_size, resize)), len(train_labels),
+                      image_size, batch_size, True, seed),
+        val=_finish(val.map(_resize_fn(image_size, resize)), len(val_labels), image_size,
+                    batch_size),
+        class_names=list(names),
+        train_files=ImageFiles([f"{name}:{train_split}[{i}]" for i in range(len(train_labels))],
+                               train_labels, list(names)),
+        val_files=ImageFiles([f"{name}:{val_split}[{i}]" for i in range(len(val_labels))],
+                             val_labels, list(names)))
 
 
-def make_pipeline(files, image_size, batch_size=32, shuffle=False, seed=0):
-    """Returns a batched, prefetched pipeline of decoded, resized images.
-
-    Images are resized keeping their aspect ratio and centre-cropped, then
-    cached in memory as uint8 when they fit in the cache budget.
-    """
-    height, width = backbones.normalize_size(image_size)
-    resize = keras.layers.Resizing(height, width, crop_to_aspect_ratio=True)
+def file_pipeline(files, image_size, batch_size=32, shuffle=False, seed=0, resize="crop"):
+    """Returns a batched pipeline that decodes and resizes image files in parallel."""
+    to_size = _resize_fn(image_size, resize)
 
     def decode(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return _to_uint8(resize(tf.cast(image, tf.float32))), label
+        return to_size(image, label)
 
     ds = tf.data.Dataset.from_tensor_slices((files.paths, np.asarray(files.labels, np.int32)))
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _finish(ds, len(files.paths), height, width, batch_size, shuffle, seed)
+    return _finish(ds, len(files.paths), image_size, batch_size, shuffle, seed)
 
 
-def _to_uint8(image):
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+def tensor_pipeline(x, y, image_size, batch_size=32, shuffle=False, seed=0, resize="crop"):
+    """Returns a batched pipeline from in-memory images of one size."""
+    labels = y.astype(np.float32) if y.ndim == 2 else y.astype(np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((x, labels))
+    ds = ds.map(_resize_fn(image_size, resize), num_parallel_calls=tf.data.AUTOTUNE)
+    return _finish(ds, len(x), image_size, batch_size, shuffle, seed)
 
 
-def _finish(ds, count, height, width, batch_size, shuffle, seed):
-    """Caches decoded uint8 images when they fit, shuffles, batches and prefetches."""
+def _resize_fn(image_size, policy):
+    height, width = backbones.normalize_size(image_size)
+    layer = keras.layers.Resizing(height, width, crop_to_aspect_ratio=policy == "crop")
+
+    def resize(image, label):
+        resized = layer(tf.cast(image, tf.float32))
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), label
+
+    return resize
+
+
+def _finish(ds, count, image_size, batch_size, shuffle=False, seed=0):
+    """Caches uint8 images when they fit, then shuffles and batches as float32."""
+    height, width = backbones.normalize_size(image_size)
     if count * height * width * 3 <= _CACHE_BUDGET_BYTES:
         ds = ds.cache()
     if shuffle:

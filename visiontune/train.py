@@ -14,7 +14,7 @@ import tensorflow as tf
 import yaml
 
 import visiontune
-from visiontune import classifier, config as config_lib, data, finetune, freezing, rundir
+from visiontune import classifier, config as config_lib, data, finetune, freezing, images, rundir
 
 
 def run(config):
@@ -38,10 +38,12 @@ def run(config):
 
     weights = None if str(config.weights).lower() == "none" else config.weights
     image_size = config.image_size or _default_size(config.backbone)
-    splits = data.load_data(config.data, image_size, config.batch_size,
-                                    config.validation_split, config.seed, config.val_data)
-    say(f"Data: {config.data}; training images per class {splits.train_files.counts()}, "
-        f"{len(splits.val_files.paths)} validation images")
+    splits = data.load_data(
+        config.data, image_size, batch_size=config.batch_size,
+        validation_split=config.validation_split, seed=config.seed, val_source=config.val_data,
+        augment_preset=config.augment, mix=config.mix, resize=config.resize,
+        strict=config.strict, split_file=config.split, verbose=not config.quiet)
+    _report_data(splits, config, say)
     model = classifier.build_classifier(
         config.backbone, len(splits.class_names), weights, image_size,
         pooling=config.pooling, dropout=config.dropout, hidden_units=config.hidden_units,
@@ -53,12 +55,27 @@ def run(config):
         head_lr=config.head_lr, finetune_epochs=config.finetune_epochs,
         finetune_lr=config.finetune_lr, unfreeze_blocks=config.unfreeze_blocks,
         optimizer=config.optimizer, schedule=config.schedule,
-        warmup_epochs=config.warmup_epochs, verbose=0 if config.quiet else "auto")
+        warmup_epochs=config.warmup_epochs, verbose=0 if config.quiet else "auto",
+        class_weight=splits.class_weight() if config.class_weight == "balanced" else None)
     metrics = _final_metrics(model, splits, history)
-    _write_artifacts(out, config, model, splits.class_names, history, metrics)
+    _write_artifacts(out, config, model, splits, history, metrics)
     say(f"val_accuracy {metrics['val_accuracy']:.4f}, val_loss {metrics['val_loss']:.4f}")
     say(f"visiontune: model saved to {os.path.abspath(os.path.join(out, 'model.keras'))}")
     return metrics
+
+
+def _report_data(splits, config, say):
+    say(f"Data: {config.data}; training images per class {splits.train_files.counts()}, "
+        f"{len(splits.val_files.paths)} validation images")
+    if splits.bad_files:
+        say(images.format_bad_files(splits.bad_files))
+    if splits.duplicates:
+        say(f"Warning: {len(splits.duplicates)} validation image(s) duplicate training images "
+            f"byte for byte (leakage inflates validation accuracy), e.g. "
+            f"{splits.duplicates[0][1]} == {splits.duplicates[0][0]}. "
+            "Run python -m visiontune.doctor for the full list.")
+    if config.class_weight == "balanced":
+        say(f"Class weights: {splits.class_weight()}")
 
 
 def _default_size(backbone):
@@ -82,12 +99,14 @@ def _final_metrics(model, splits, history):
     }
 
 
-def _write_artifacts(out, config, model, class_names, history, metrics):
+def _write_artifacts(out, config, model, splits, history, metrics):
     rundir.write_text(os.path.join(out, "config.yaml"),
                       yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False))
-    rundir.write_text(os.path.join(out, "labels.txt"), "\n".join(class_names) + "\n")
+    rundir.write_text(os.path.join(out, "labels.txt"), "\n".join(splits.class_names) + "\n")
     rundir.write_history_csv(os.path.join(out, "history.csv"), history)
     rundir.write_json(os.path.join(out, "metrics.json"), metrics)
+    rundir.write_json(os.path.join(out, "data_report.json"), splits.report())
+    splits.save_split(os.path.join(out, "split.json"))
     rundir.save_model(model, os.path.join(out, "model.keras"))
 
 
