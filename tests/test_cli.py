@@ -67,3 +67,28 @@ def test_help_groups_and_explains_every_flag():
                  "--head-epochs", "--head-lr", "--finetune-epochs", "--finetune-lr",
                  "--unfreeze-blocks", "--dropout", "--l2", "--seed", "--output"):
         assert flag in result.stdout
+
+
+def test_cli_reports_data_and_reuses_a_saved_split(tmp_path):
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=8)
+    (tmp_path / "photos" / "red" / "broken.jpg").write_text("not an image")
+    first = str(tmp_path / "first")
+    assert train.main(["--data", data, "--output", first, "--augment", "light",
+                       "--class-weight", "balanced", *FAST]) == 0
+    report = json.load(open(os.path.join(first, "data_report.json")))
+    assert report["bad_file_count"] == 1 and report["bad_files"][0]["path"].endswith("broken.jpg")
+    split = json.load(open(os.path.join(first, "split.json")))
+    assert len(split["val"]) == 6 and not set(split["val"]) & set(split["train"])
+    # A different seed would split differently; --split keeps the saved files.
+    second = str(tmp_path / "second")
+    assert train.main(["--data", data, "--output", second, "--seed", "7", "--split",
+                       os.path.join(first, "split.json"), *FAST]) == 0
+    assert json.load(open(os.path.join(second, "split.json")))["val"] == split["val"]
+
+
+def test_strict_flag_fails_on_a_bad_file(tmp_path, capsys):
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=4)
+    (tmp_path / "photos" / "red" / "empty.jpg").write_bytes(b"")
+    assert train.main(["--data", data, "--output", str(tmp_path / "run"), "--strict",
+                       *FAST]) == 2
+    assert "empty.jpg" in capsys.readouterr().err

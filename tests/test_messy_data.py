@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 import visiontune
-from visiontune import data, doctor, finetune
+from visiontune import data, doctor
 from conftest import color_images, tiny_backbone, write_image_folder
 
 

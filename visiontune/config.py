@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 import typing
 
-from visiontune import augment, data as data_lib, finetune
+from visiontune import augment as augment_lib, data as data_lib, finetune
 
 # The schedule's defaults are `fine_tune`'s, so the API and the CLI never disagree.
 _RECIPE = {name: p.default for name, p in inspect.signature(finetune.fine_tune).parameters.items()}
@@ -48,9 +48,9 @@ class TrainConfig:
                          "stretch: resize the whole image", choices=data_lib.RESIZE_POLICIES)
     augment: str = _field("none", "Data", "training augmentation preset: light = flip, "
                           "rotation, zoom, contrast; strong = light + RandAugment",
-                          choices=augment.PRESETS)
+                          choices=augment_lib.PRESETS)
     mix: str = _field("none", "Data", "batch mixing of training images and labels",
-                      choices=augment.MIXES)
+                      choices=augment_lib.MIXES)
     class_weight: str = _field("none", "Data", "balanced: weight the loss by inverse class "
                                "frequency", choices=("none", "balanced"))
     strict: bool = _field(False, "Data", "stop on undecodable image files instead of "

@@ -25,7 +25,8 @@ def diagnose(path, val_path=None, verbose=False):
 
     Example:
 
-    >>> report = visiontune.doctor.diagnose("photos/")
+    >>> from visiontune import doctor
+    >>> report = doctor.diagnose("photos/")
     >>> report["duplicates"]["train_val"]
     []
     """
