@@ -23,7 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import visiontune  # noqa: E402
-from visiontune import augment, backbones, data  # noqa: E402
+from visiontune import augment, backbones, data, pipelines  # noqa: E402
 
 
 def images_per_second(make_iterable, count, repeats):
@@ -49,9 +49,9 @@ def main():
     n = len(files.paths)
     rows = []
 
-    fresh = lambda: data.file_pipeline(files, size, args.batch_size, shuffle=True)  # noqa: E731
+    fresh = lambda: pipelines.file_pipeline(files, size, args.batch_size, shuffle=True)  # noqa: E731
     rows.append(("decode + resize, uncached", images_per_second(fresh, n, args.repeats)))
-    cached = data.file_pipeline(files, size, args.batch_size, shuffle=True)
+    cached = pipelines.file_pipeline(files, size, args.batch_size, shuffle=True)
     for _ in cached:  # fill the cache
         pass
     for preset in augment.PRESETS:

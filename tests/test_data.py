@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visiontune import data, images
+from visiontune import data, images, pipelines
 from conftest import write_image_folder
 
 
@@ -84,7 +84,7 @@ def test_resize_keeps_aspect_ratio_with_centre_crop(tmp_path):
         Image.fromarray(image).save(tmp_path / cls / "wide.png")
         Image.fromarray(image).save(tmp_path / cls / "wide2.png")
     files = data.scan_folder(str(tmp_path))
-    batch, _ = next(iter(data.file_pipeline(files, 20, batch_size=4)))
+    batch, _ = next(iter(pipelines.file_pipeline(files, 20, batch_size=4)))
     assert float(np.min(batch[0])) > 250  # the crop kept only the white centre
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 import visiontune
-from visiontune import data, doctor
+from visiontune import data, doctor, pipelines
 from conftest import color_images, tiny_backbone, write_image_folder
 
 
@@ -70,7 +70,7 @@ def test_odd_formats_decode_to_the_right_rgb(messy):
     pick = lambda name: files.subset([p.endswith(name) for p in files.paths])  # noqa: E731
     for name, expected in [("bitmap.jpg", (0, 0, 250)), ("cmyk.jpg", (255, 0, 0)),
                            ("alpha.png", (10, 200, 10)), ("gray.png", (90, 90, 90))]:
-        batch, _ = next(iter(data.file_pipeline(pick(name), 16, resize="stretch")))
+        batch, _ = next(iter(pipelines.file_pipeline(pick(name), 16, resize="stretch")))
         np.testing.assert_allclose(np.asarray(batch)[0, 8, 8], expected, atol=3, err_msg=name)
 
 

@@ -12,15 +12,13 @@ import dataclasses
 import json
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from visiontune import augment, backbones, images, rundir, weights
+from visiontune import augment, images, pipelines, rundir, weights
 
 RESIZE_POLICIES = ("crop", "stretch")
 _SPLIT_DIRS = {"val": ("val", "validation", "valid"), "test": ("test",)}
-_CACHE_BUDGET_BYTES = 2 * 1024**3
 _TFDS_HOST = "https://storage.googleapis.com"
 
 
@@ -228,10 +226,10 @@ def load_image_folder(path, image_size, batch_size=32, validation_split=0.2, see
     if test_path:
         test_files = scan_folder(test_path, train_files.class_names, verbose=verbose)
         bad += test_files.bad
-        test = file_pipeline(test_files, image_size, batch_size, resize=resize)
+        test = pipelines.file_pipeline(test_files, image_size, batch_size, resize=resize)
     return DataSplits(
-        train=file_pipeline(train_files, image_size, batch_size, True, seed, resize),
-        val=file_pipeline(val_files, image_size, batch_size, resize=resize),
+        train=pipelines.file_pipeline(train_files, image_size, batch_size, True, seed, resize),
+        val=pipelines.file_pipeline(val_files, image_size, batch_size, resize=resize),
         class_names=train_files.class_names, train_files=train_files, val_files=val_files,
         test=test, bad_files=bad,
         duplicates=images.cross_duplicates(train_files.hashes, val_files.hashes))
@@ -307,8 +305,8 @@ def load_arrays(x, y, val_x=None, val_y=None, image_size=224, batch_size=32,
     val_labels = np.asarray(val_y).argmax(axis=1) if multi_hot else np.asarray(val_y)
     index = lambda n: [f"{name}[{i}]" for i in range(n)]  # noqa: E731
     return DataSplits(
-        train=tensor_pipeline(x, y, image_size, batch_size, True, seed, resize),
-        val=tensor_pipeline(np.asarray(val_x), np.asarray(val_y), image_size, batch_size,
+        train=pipelines.tensor_pipeline(x, y, image_size, batch_size, True, seed, resize),
+        val=pipelines.tensor_pipeline(np.asarray(val_x), np.asarray(val_y), image_size, batch_size,
                             resize=resize),
         class_names=names,
         train_files=ImageFiles(index(len(x)), labels.tolist(), names),
@@ -341,61 +339,24 @@ def load_tfds(source, image_size, batch_size=32, validation_split=0.2, seed=0,
     else:
         keep = round(100 * (1 - validation_split))
         train_split, val_split = f"{train_split}[:{keep}%]", f"{train_split}[{keep}%:]"
-    names = builder.info.features["label"].names
+    image_key, label_key = builder.info.supervised_keys
+    names = builder.info.features[label_key].names
     train = builder.as_dataset(split=train_split, as_supervised=True, shuffle_files=False)
     val = builder.as_dataset(split=val_split, as_supervised=True, shuffle_files=False)
-    labels = lambda ds: [int(y) for _, y in ds.as_numpy_iterator()]  # noqa: E731
-    train_labels, val_labels = labels(train), labels(val)
+
+    def labels(split):  # Reads labels without decoding a single image.
+        raw = builder.as_dataset(split=split, shuffle_files=False,
+                                 decoders={image_key: tfds.decode.SkipDecoding()})
+        return [int(y) for y in raw.map(lambda ex: ex[label_key]).as_numpy_iterator()]
+
+    train_labels, val_labels = labels(train_split), labels(val_split)
     return DataSplits(
-        train=_finish(train.map(_resize_fn(image_size, resize)), len(train_labels),
+        train=pipelines.finish(train.map(pipelines.resize_fn(image_size, resize)), len(train_labels),
                       image_size, batch_size, True, seed),
-        val=_finish(val.map(_resize_fn(image_size, resize)), len(val_labels), image_size,
+        val=pipelines.finish(val.map(pipelines.resize_fn(image_size, resize)), len(val_labels), image_size,
                     batch_size),
         class_names=list(names),
         train_files=ImageFiles([f"{name}:{train_split}[{i}]" for i in range(len(train_labels))],
                                train_labels, list(names)),
         val_files=ImageFiles([f"{name}:{val_split}[{i}]" for i in range(len(val_labels))],
                              val_labels, list(names)))
-
-
-def file_pipeline(files, image_size, batch_size=32, shuffle=False, seed=0, resize="crop"):
-    """Returns a batched pipeline that decodes and resizes image files in parallel."""
-    to_size = _resize_fn(image_size, resize)
-
-    def decode(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return to_size(image, label)
-
-    ds = tf.data.Dataset.from_tensor_slices((files.paths, np.asarray(files.labels, np.int32)))
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _finish(ds, len(files.paths), image_size, batch_size, shuffle, seed)
-
-
-def tensor_pipeline(x, y, image_size, batch_size=32, shuffle=False, seed=0, resize="crop"):
-    """Returns a batched pipeline from in-memory images of one size."""
-    labels = y.astype(np.float32) if y.ndim == 2 else y.astype(np.int32)
-    ds = tf.data.Dataset.from_tensor_slices((x, labels))
-    ds = ds.map(_resize_fn(image_size, resize), num_parallel_calls=tf.data.AUTOTUNE)
-    return _finish(ds, len(x), image_size, batch_size, shuffle, seed)
-
-
-def _resize_fn(image_size, policy):
-    height, width = backbones.normalize_size(image_size)
-    layer = keras.layers.Resizing(height, width, crop_to_aspect_ratio=policy == "crop")
-
-    def resize(image, label):
-        resized = layer(tf.cast(image, tf.float32))
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), label
-
-    return resize
-
-
-def _finish(ds, count, image_size, batch_size, shuffle=False, seed=0):
-    """Caches uint8 images when they fit, then shuffles and batches as float32."""
-    height, width = backbones.normalize_size(image_size)
-    if count * height * width * 3 <= _CACHE_BUDGET_BYTES:
-        ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return ds.prefetch(tf.data.AUTOTUNE)
