@@ -3,13 +3,17 @@
 `TrainConfig` is the single list of settings: each field carries its flag
 group and help text, `build_parser` turns the fields into `argparse` flags, and
 `run(config)` in `train.py` takes the same object from notebooks. Adding a
-setting is adding a field here.
+setting is adding a field here. A YAML file (`--config run.yaml`) sets
+defaults and flags override them; `parse_config` checks keys, types and ranges.
 """
 
 import argparse
 import dataclasses
+import difflib
 import inspect
 import typing
+
+import yaml
 
 from visiontune import augment as augment_lib, data as data_lib, finetune
 
@@ -96,11 +100,114 @@ class TrainConfig:
     quiet: bool = _field(False, "Output", "no progress bars or logs")
 
 
+# Allowed values, checked for YAML files and flags alike.
+_RANGES = {
+    "validation_split": (lambda v: 0 < v < 1, "between 0 and 1, exclusive"),
+    "image_size": (lambda v: v is None or v >= 32, "at least 32 (or null for the default)"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "l2": (lambda v: v >= 0, "at least 0"),
+    "l1": (lambda v: v >= 0, "at least 0"),
+    "head_epochs": (lambda v: v >= 0, "at least 0"),
+    "finetune_epochs": (lambda v: v >= 0, "at least 0"),
+    "head_lr": (lambda v: v > 0, "above 0"),
+    "finetune_lr": (lambda v: v > 0, "above 0"),
+    "unfreeze_blocks": (lambda v: v >= 0, "at least 0"),
+    "warmup_epochs": (lambda v: v >= 0, "at least 0"),
+    "hidden_units": (lambda v: all(u >= 1 for u in v), "positive integers"),
+}
+
+
+def parse_config(argv=None, prog="python -m visiontune.train", description=None):
+    """Returns a checked `TrainConfig` from YAML defaults (`--config`) and flags."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    parser = build_parser(prog, description)
+    if known.config:
+        parser.set_defaults(**load_yaml(known.config))
+    config = config_from_args(parser.parse_args(argv))
+    check(config, known.config)
+    return config
+
+
+def load_yaml(path):
+    """Reads a YAML config and returns its values, checking every key and type."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except OSError as error:
+        raise ValueError(f"Cannot read config file {path!r}: {error.strerror}.") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"Config file {path!r} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"Config file {path!r} must be a mapping of keys to values.")
+    hints = typing.get_type_hints(TrainConfig)
+    values = {}
+    for key, value in raw.items():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1)
+            raise ValueError(f"Unknown key {key!r} in {path}."
+                             + (f" Did you mean {close[0]!r}?" if close else "")
+                             + f" Known keys: {', '.join(hints)}.")
+        values[key] = _typed(key, value, hints[key], path)
+    return values
+
+
+def check(config, source=None):
+    """Raises a `ValueError` naming the first key whose value is out of range."""
+    where = f" in {source}" if source else ""
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(config, field.name)
+        choices = field.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"Key {field.name!r}{where} (--{field.name.replace('_', '-')}) "
+                             f"must be one of {list(choices)}. Received: {value!r}.")
+        if field.name in _RANGES:
+            ok, expected = _RANGES[field.name]
+            if not ok(value):
+                raise ValueError(f"Key {field.name!r}{where} "
+                                 f"(--{field.name.replace('_', '-')}) must be {expected}. "
+                                 f"Received: {value!r}.")
+
+
+def _typed(key, value, hint, path):
+    expected = _parser_type(hint)
+    optional = type(None) in typing.get_args(hint)
+    if value is None and optional:
+        return None
+    if expected is _int_tuple:
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                             for v in value)
+        return tuple(value) if ok else _type_error(key, value, "a list of integers", path)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    return _type_error(key, value, expected.__name__ + (" or null" if optional else ""), path)
+
+
+def _type_error(key, value, expected, path):
+    raise ValueError(f"Key {key!r} in {path} must be {expected}. "
+                     f"Received: {value!r} ({type(value).__name__}).")
+
+
+def saved_yaml(config):
+    """Returns the YAML that reproduces `config` with `--config`: no output folder."""
+    values = dataclasses.asdict(config)
+    values.update(output=None, overwrite=False)
+    return yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
+                           for k, v in values.items()}, sort_keys=False)
+
+
 def build_parser(prog="python -m visiontune.train", description=None):
     """Returns an `argparse` parser with one flag per `TrainConfig` field, in groups."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", metavar="YAML",
+                        help="YAML file of settings (keys as below, with underscores); "
+                             "flags override it")
     groups = {name: parser.add_argument_group(name, text) for name, text in GROUPS.items()}
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
@@ -108,7 +215,8 @@ def build_parser(prog="python -m visiontune.train", description=None):
         flag = "--" + field.name.replace("_", "-")
         group = groups[meta["group"]]
         if hints[field.name] is bool:
-            group.add_argument(flag, action="store_true", help=meta["help"])
+            group.add_argument(flag, action=argparse.BooleanOptionalAction,
+                               default=field.default, help=meta["help"])
             continue
         group.add_argument(flag, type=_parser_type(hints[field.name]), default=field.default,
                            choices=meta.get("choices"), help=meta["help"],

@@ -4,14 +4,12 @@ The command line is a thin layer over `run(config)`, which notebooks can call
 with a `TrainConfig` too.
 """
 
-import dataclasses
 import os
 import sys
 import time
 
 import keras
 import tensorflow as tf
-import yaml
 
 import visiontune
 from visiontune import classifier, config as config_lib, data, finetune, freezing, images, rundir
@@ -30,6 +28,7 @@ def run(config):
 
     >>> metrics = run(TrainConfig(data="photos/", head_epochs=5, finetune_epochs=5))
     """
+    config_lib.check(config)
     say = (lambda *a: None) if config.quiet else print
     keras.utils.set_random_seed(config.seed)
     out = rundir.prepare(config.output or rundir.default_run_dir(config.backbone),
@@ -100,8 +99,7 @@ def _final_metrics(model, splits, history):
 
 
 def _write_artifacts(out, config, model, splits, history, metrics):
-    rundir.write_text(os.path.join(out, "config.yaml"),
-                      yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False))
+    rundir.write_text(os.path.join(out, "config.yaml"), config_lib.saved_yaml(config))
     rundir.write_text(os.path.join(out, "labels.txt"), "\n".join(splits.class_names) + "\n")
     rundir.write_history_csv(os.path.join(out, "history.csv"), history)
     rundir.write_json(os.path.join(out, "metrics.json"), metrics)
@@ -110,16 +108,11 @@ def _write_artifacts(out, config, model, splits, history, metrics):
     rundir.save_model(model, os.path.join(out, "model.keras"))
 
 
-def _plain(obj):
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in obj.items()}
-
-
 def main(argv=None):
     """Entry point of `python -m visiontune.train`."""
-    parser = config_lib.build_parser(description=__doc__.splitlines()[0])
-    config = config_lib.config_from_args(parser.parse_args(argv))
     began = time.perf_counter()
     try:
+        config = config_lib.parse_config(argv, description=__doc__.splitlines()[0])
         run(config)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as error:
         print(f"visiontune.train: error: {error}", file=sys.stderr)
