@@ -5,6 +5,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 from visiontune import config, train
 from conftest import write_image_folder
@@ -17,13 +18,17 @@ def test_cli_trains_end_to_end_and_the_model_loads(tmp_path):
     data = write_image_folder(str(tmp_path / "photos"), n_per_class=8)
     out = str(tmp_path / "run")
     assert train.main(["--data", data, "--output", out, *FAST]) == 0
-    for name in ("model.keras", "labels.txt", "config.yaml", "history.csv", "metrics.json"):
+    for name in ("model.keras", "labels.txt", "config.yaml", "history.csv", "metrics.json",
+                 "learning_curves.png", "confusion_matrix.png", "val_predictions.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert not [f for f in os.listdir(out) if "partial" in f]
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["class_names"] == ["blue", "green", "red"]
     assert metrics["epochs"] == {"head": 2, "finetune": 1}
     assert metrics["trainable_params"]["finetune"] > metrics["trainable_params"]["head"]
+    matrix = np.asarray(metrics["confusion_matrix"])
+    assert matrix.sum() == 6 and set(metrics["per_class"]) == {"blue", "green", "red"}
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["val_accuracy"])
     model = keras.saving.load_model(os.path.join(out, "model.keras"))
     assert model.output_shape == (None, 3)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")

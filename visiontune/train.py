@@ -12,7 +12,8 @@ import keras
 import tensorflow as tf
 
 import visiontune
-from visiontune import classifier, config as config_lib, data, finetune, freezing, images, rundir
+from visiontune import (classifier, config as config_lib, data, evaluation, finetune, freezing,
+                        images, plots, rundir)
 
 
 def run(config):
@@ -56,7 +57,7 @@ def run(config):
         optimizer=config.optimizer, schedule=config.schedule,
         warmup_epochs=config.warmup_epochs, verbose=0 if config.quiet else "auto",
         class_weight=splits.class_weight() if config.class_weight == "balanced" else None)
-    metrics = _final_metrics(model, splits, history)
+    metrics = _final_metrics(model, splits, history, out)
     _write_artifacts(out, config, model, splits, history, metrics)
     say(f"val_accuracy {metrics['val_accuracy']:.4f}, val_loss {metrics['val_loss']:.4f}")
     say(f"visiontune: model saved to {os.path.abspath(os.path.join(out, 'model.keras'))}")
@@ -81,14 +82,25 @@ def _default_size(backbone):
     return visiontune.backbones.get_spec(backbone).default_size
 
 
-def _final_metrics(model, splits, history):
+def _final_metrics(model, splits, history, out):
+    """Scores the final model on the validation data and draws the run's plots."""
     if not model.compiled:
         finetune.compile_for_phase(model, finetune.Phase("eval", 0, 1.0))
     results = model.evaluate(splits.val, verbose=0, return_dict=True)
+    images, labels, probs = evaluation.predict(model, splits.val)
+    scores = evaluation.classification_metrics(labels, probs.argmax(axis=1), splits.class_names)
+    if history.epoch:
+        plots.learning_curves(history, os.path.join(out, "learning_curves.png"))
+    plots.confusion_matrix(scores["confusion_matrix"], splits.class_names,
+                           os.path.join(out, "confusion_matrix.png"))
+    plots.prediction_grid(images, labels, probs, splits.class_names,
+                          os.path.join(out, "val_predictions.png"))
     return {
         "val_accuracy": float(results["accuracy"]),
         "val_loss": float(results["loss"]),
         "class_names": list(splits.class_names),
+        "per_class": scores["per_class"],
+        "confusion_matrix": scores["confusion_matrix"],
         "epochs": {p["name"]: p["epochs"] for p in history.phases},
         "trainable_params": {p["name"]: p["trainable_params"] for p in history.phases},
         "wall_time_s": {**{p["name"]: round(p["wall_time_s"], 2) for p in history.phases},
