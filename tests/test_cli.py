@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from visiontune import config, train
+from visiontune import config, finetune, train
 from conftest import write_image_folder
 
 FAST = ["--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",
@@ -97,3 +97,27 @@ def test_strict_flag_fails_on_a_bad_file(tmp_path, capsys):
     assert train.main(["--data", data, "--output", str(tmp_path / "run"), "--strict",
                        *FAST]) == 2
     assert "empty.jpg" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_best_checkpoint(tmp_path, capsys):
+    """A callback poisons the head as epoch 3 begins; the run must stop with a clear message."""
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=6)
+    out = tmp_path / "run"
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                kernel = self.model.get_layer("head_output").kernel
+                kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    cfg = config.parse_config(["--data", data, "--output", str(out), *FAST,
+                               "--head-epochs", "4"])
+    with pytest.raises(finetune.TrainingDivergedError, match=r"loss became nan in epoch 3 "
+                       r"\(head phase.*best checkpoint so far is kept"):
+        train.run(cfg, callbacks=[Poison()])
+    best = keras.saving.load_model(str(out / "best.keras"))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    assert np.isfinite(best.predict(x, verbose=0)).all()
+    rows = (out / "history.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[-1].split(",")[1] == "head"  # 3 epochs, no phase 2
+    assert not (out / "model.keras").exists()

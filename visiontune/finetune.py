@@ -119,11 +119,26 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
     start = len(history.epoch)
     began = time.perf_counter()
     result = model.fit(**_as_fit_inputs(train), validation_data=val, initial_epoch=start,
-                       epochs=start + phase.epochs, callbacks=callbacks,
+                       epochs=start + phase.epochs,
+                       callbacks=[*(callbacks or []), keras.callbacks.TerminateOnNaN()],
                        class_weight=class_weight, verbose=verbose,
                        shuffle=not isinstance(train, tf.data.Dataset))
     history.add_phase(phase, result, trainable, time.perf_counter() - began)
+    losses = result.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise TrainingDivergedError(
+            f"Training stopped: the loss became {losses[-1]} in epoch {len(history.epoch)} "
+            f"({phase.name} phase, learning rate {phase.learning_rate:g}). Lower the learning "
+            "rate, or check the data for broken values.", history)
     return result
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; `.history` holds the epochs run until then."""
+
+    def __init__(self, message, history):
+        super().__init__(message)
+        self.history = history
 
 
 def compile_for_phase(model, phase, steps_per_epoch=None, sparse_labels=True,

@@ -16,11 +16,12 @@ from visiontune import (classifier, config as config_lib, data, evaluation, fine
                         images, plots, rundir)
 
 
-def run(config):
+def run(config, callbacks=None):
     """Trains a classifier as `config` says and writes its run directory.
 
     Args:
         config: A `TrainConfig`.
+        callbacks: Extra Keras callbacks for both phases.
 
     Returns:
         The `metrics` dict that is also written to `metrics.json`.
@@ -50,13 +51,25 @@ def run(config):
         l2=config.l2, l1=config.l1)
     say(freezing.trainable_summary(model))
 
-    history = finetune.fine_tune(
-        model, splits.train, splits.val, head_epochs=config.head_epochs,
-        head_lr=config.head_lr, finetune_epochs=config.finetune_epochs,
-        finetune_lr=config.finetune_lr, unfreeze_blocks=config.unfreeze_blocks,
-        optimizer=config.optimizer, schedule=config.schedule,
-        warmup_epochs=config.warmup_epochs, verbose=0 if config.quiet else "auto",
-        class_weight=splits.class_weight() if config.class_weight == "balanced" else None)
+    callbacks = [*(callbacks or []),
+                 keras.callbacks.ModelCheckpoint(os.path.join(out, "best.keras"),
+                                                 monitor="val_loss", save_best_only=True),
+                 keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+    try:
+        history = finetune.fine_tune(
+            model, splits.train, splits.val, callbacks=callbacks,
+            head_epochs=config.head_epochs, head_lr=config.head_lr,
+            finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr,
+            unfreeze_blocks=config.unfreeze_blocks, optimizer=config.optimizer,
+            schedule=config.schedule, warmup_epochs=config.warmup_epochs,
+            verbose=0 if config.quiet else "auto",
+            class_weight=splits.class_weight() if config.class_weight == "balanced" else None)
+    except finetune.TrainingDivergedError as error:
+        rundir.write_history_csv(os.path.join(out, "history.csv"), error.history)
+        best = os.path.join(out, "best.keras")
+        kept = (f" The best checkpoint so far is kept at {os.path.abspath(best)}."
+                if os.path.exists(best) else " No epoch finished with a finite loss.")
+        raise finetune.TrainingDivergedError(str(error) + kept, error.history) from None
     metrics = _final_metrics(model, splits, history, out)
     _write_artifacts(out, config, model, splits, history, metrics)
     say(f"val_accuracy {metrics['val_accuracy']:.4f}, val_loss {metrics['val_loss']:.4f}")
@@ -126,7 +139,8 @@ def main(argv=None):
     try:
         config = config_lib.parse_config(argv, description=__doc__.splitlines()[0])
         run(config)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, OSError,
+            finetune.TrainingDivergedError) as error:
         print(f"visiontune.train: error: {error}", file=sys.stderr)
         return 2
     if not config.quiet:
