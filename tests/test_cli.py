@@ -121,3 +121,20 @@ def test_nan_loss_stops_the_run_and_keeps_the_best_checkpoint(tmp_path, capsys):
     rows = (out / "history.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[-1].split(",")[1] == "head"  # 3 epochs, no phase 2
     assert not (out / "model.keras").exists()
+
+
+def test_overwrite_replaces_a_run_but_never_a_foreign_folder(tmp_path):
+    from visiontune import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "stale.png").write_bytes(b"old")
+    rundir.prepare(str(run), overwrite=True)
+    assert list(run.iterdir()) == []
+    foreign = tmp_path / "project"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a visiontune run directory"):
+        rundir.prepare(str(foreign), overwrite=True)
+    assert (foreign / "thesis.tex").read_text() == "precious"

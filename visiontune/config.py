@@ -94,8 +94,8 @@ class TrainConfig:
     # Output
     output: typing.Optional[str] = _field(
         None, "Output", "run directory (default: runs/<timestamp>-<backbone>)")
-    overwrite: bool = _field(False, "Output", "replace the contents of an existing run "
-                             "directory")
+    overwrite: bool = _field(False, "Output", "delete the contents of an existing run "
+                             "directory first (only if it is a visiontune run)")
     seed: int = _field(0, "Output", "seed for the split, shuffling, augmentation and weights")
     quiet: bool = _field(False, "Output", "no progress bars or logs")
 

@@ -9,6 +9,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -18,16 +19,34 @@ def default_run_dir(backbone, root="runs"):
     return os.path.join(root, f"{time.strftime('%Y%m%d-%H%M%S')}-{backbone}")
 
 
+# Files only a visiontune run writes; --overwrite empties only folders holding one.
+_RUN_MARKERS = ("config.yaml", "model.keras", "best.keras", "split.json", "metrics.json")
+
+
 def prepare(path, overwrite=False):
-    """Creates `path`, refusing an existing non-empty folder unless `overwrite`."""
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise FileExistsError(
-            f"Run directory {path!r} already exists and is not empty. "
-            "Pass --overwrite to replace its contents, or choose another --output."
-        )
+    """Creates `path`, refusing an existing non-empty folder unless `overwrite`.
+
+    With `overwrite`, the folder's contents are deleted, but only when it is a
+    visiontune run directory, so a mistyped `--output .` cannot empty a project.
+    """
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"--output {path!r} exists and is not a folder. "
                               "Choose another --output.")
+    if os.path.isdir(path) and os.listdir(path):
+        if not overwrite:
+            raise FileExistsError(
+                f"Run directory {path!r} already exists and is not empty. "
+                "Pass --overwrite to replace its contents, or choose another --output.")
+        if not any(os.path.exists(os.path.join(path, m)) for m in _RUN_MARKERS):
+            raise FileExistsError(
+                f"--overwrite refused: {path!r} is not empty and is not a visiontune run "
+                "directory (it has none of " + ", ".join(_RUN_MARKERS) + "). "
+                "Choose another --output.")
+        for entry in os.scandir(path):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
     os.makedirs(path, exist_ok=True)
     return path
 
