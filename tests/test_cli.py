@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from visiontune import config, finetune, train
+from visiontune import config, finetune, serving, train
 from conftest import write_image_folder
 
 FAST = ["--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",
@@ -33,6 +33,15 @@ def test_cli_trains_end_to_end_and_the_model_loads(tmp_path):
     assert model.output_shape == (None, 3)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1.0, atol=1e-5)
+    # The reported loss is what model.evaluate gives on the saved validation split.
+    val_paths = json.load(open(os.path.join(out, "split.json")))["val"]
+    val_labels = np.asarray([metrics["class_names"].index(os.path.basename(os.path.dirname(p)))
+                             for p in val_paths])
+    pixels = serving.load_images(val_paths, (32, 32)).astype("float32")
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    evaluated = model.evaluate(pixels, val_labels, verbose=0, return_dict=True)
+    assert metrics["val_loss"] == pytest.approx(evaluated["loss"], rel=1e-4)
+    assert metrics["val_accuracy"] == pytest.approx(evaluated["accuracy"])
     history = open(os.path.join(out, "history.csv")).read().splitlines()
     assert history[0].startswith("epoch,phase") and len(history) == 4
     assert [row.split(",")[1] for row in history[1:]] == ["head", "head", "finetune"]

@@ -65,7 +65,8 @@ def test_optimizer_and_rate_are_set_per_phase(optimizer, cls):
     train, val = datasets()
     model = visiontune.build_classifier(tiny_backbone(), 3)
     visiontune.fine_tune(model, train, val, head_epochs=1, finetune_epochs=1,
-                         optimizer=optimizer, finetune_lr=2e-5, verbose=0)
+                         optimizer=optimizer, finetune_lr=2e-5, schedule="constant",
+                         verbose=0)
     assert type(model.optimizer).__name__ == cls
     assert float(model.optimizer.learning_rate) == pytest.approx(2e-5)
 
