@@ -11,11 +11,12 @@ import argparse
 import dataclasses
 import difflib
 import inspect
+import os
 import typing
 
 import yaml
 
-from visiontune import augment as augment_lib, data as data_lib, finetune
+from visiontune import augment as augment_lib, caching, data as data_lib, finetune
 
 # The schedule's defaults are `fine_tune`'s, so the API and the CLI never disagree.
 _RECIPE = {name: p.default for name, p in inspect.signature(finetune.fine_tune).parameters.items()}
@@ -24,6 +25,7 @@ GROUPS = {
     "Data": "where the images come from and how they are batched",
     "Model": "backbone and new classification head",
     "Schedule": "the two training phases",
+    "Speed": "caching, precision and compilation",
     "Output": "run directory, seed and logging",
 }
 
@@ -91,11 +93,25 @@ class TrainConfig:
                            "cosine decays to 0 after the warmup", choices=finetune.SCHEDULES)
     warmup_epochs: int = _field(_RECIPE["warmup_epochs"], "Schedule",
                                 "phase 2 linear warmup epochs (cosine only)")
+    # Speed
+    cache: str = _field(
+        "auto", "Speed", "run the frozen part of the network once per phase and train the "
+        "rest on its cached output; auto: in memory when it fits, else on disk, and off "
+        "when --augment or --mix make every epoch's images different",
+        choices=caching.MODES)
+    precision: str = _field(
+        "float32", "Speed", "compute dtype policy; mixed_float16 suits recent GPUs, "
+        "mixed_bfloat16 recent CPUs and TPUs; the output layer stays float32",
+        choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    jit_compile: bool = _field(False, "Speed", "compile the train step with XLA (often "
+                               "faster on GPU, slower on CPU)")
     # Output
     output: typing.Optional[str] = _field(
         None, "Output", "run directory (default: runs/<timestamp>-<backbone>)")
     overwrite: bool = _field(False, "Output", "delete the contents of an existing run "
                              "directory first (only if it is a visiontune run)")
+    resume: bool = _field(False, "Output", "continue the unfinished run in --output from its "
+                          "last finished epoch, with its saved config.yaml as defaults")
     seed: int = _field(0, "Output", "seed for the split, shuffling, augmentation and weights")
     quiet: bool = _field(False, "Output", "no progress bars or logs")
 
@@ -122,13 +138,36 @@ def parse_config(argv=None, prog="python -m visiontune.train", description=None)
     """Returns a checked `TrainConfig` from YAML defaults (`--config`) and flags."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
+    pre.add_argument("--output")
+    pre.add_argument("--resume", action="store_true")
     known, _ = pre.parse_known_args(argv)
     parser = build_parser(prog, description)
-    if known.config:
-        parser.set_defaults(**load_yaml(known.config))
+    source = known.config
+    if known.resume and not known.config and known.output:
+        saved = os.path.join(known.output, "config.yaml")
+        source = saved if os.path.isfile(saved) else None
+    if source:
+        parser.set_defaults(**load_yaml(source))
     config = config_from_args(parser.parse_args(argv))
-    check(config, known.config)
+    check(config, source)
     return config
+
+
+# Settings that may differ between a run and its resumption.
+_RESUMABLE_CHANGES = {"output", "overwrite", "resume", "quiet"}
+
+
+def check_resumable(config, saved_path):
+    """Raises a `ValueError` naming the settings that differ from the run being resumed."""
+    saved = load_yaml(saved_path)
+    changed = [key for key, value in saved.items()
+               if key not in _RESUMABLE_CHANGES and getattr(config, key) != value]
+    if changed:
+        raise ValueError(
+            f"--resume: these settings differ from the run's {saved_path}: "
+            + ", ".join(f"{k} ({saved[k]!r} -> {getattr(config, k)!r})" for k in changed)
+            + ". A resumed run must keep its settings; drop those flags, or start a new "
+            "run with another --output.")
 
 
 def load_yaml(path):
@@ -195,7 +234,7 @@ def _type_error(key, value, expected, path):
 def saved_yaml(config):
     """Returns the YAML that reproduces `config` with `--config`: no output folder."""
     values = dataclasses.asdict(config)
-    values.update(output=None, overwrite=False)
+    values.update(output=None, overwrite=False, resume=False)
     return yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
                            for k, v in values.items()}, sort_keys=False)
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from visiontune import freezing
+from visiontune import caching, freezing, resume
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
@@ -51,6 +51,7 @@ class Phase:
 def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_epochs=10,
               finetune_lr=3e-5, unfreeze_blocks=2, optimizer="adam", finetune_optimizer=None,
               schedule="cosine", warmup_epochs=1, class_weight=None, callbacks=None,
+              cache="off", cache_dir=None, shuffle=True, seed=None, backup_dir=None,
               jit_compile=False, verbose="auto"):
     """Fine-tunes a classifier in two phases and returns one merged history.
 
@@ -75,7 +76,22 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
             `"constant"`.
         warmup_epochs: Phase 2 linear warmup epochs before the cosine decay.
         class_weight: Passed to `fit`.
-        callbacks: Keras callbacks, passed to both phases.
+        callbacks: Keras callbacks, passed to both phases. They always see the
+            whole classifier as `self.model`, also when a phase trains on
+            cached activations.
+        cache: `"off"`, or cache what is fixed in each phase and train the
+            rest on it (see `caching.py`): `"auto"` (memory when it fits,
+            else disk), `"memory"` or `"disk"`. Only for training data
+            without random augmentation: each image is seen as it was on
+            the single caching pass.
+        cache_dir: Folder for disk caches (default: a temporary folder).
+        shuffle: Reshuffle cached training examples every epoch. (Uncached
+            data is used as given.)
+        seed: Seed of that shuffle.
+        backup_dir: Enables resuming: per-epoch backups (Keras
+            `BackupAndRestore`) and per-phase state go here, and a call with
+            the same `backup_dir` after a crash continues from the last
+            finished epoch, skipping finished phases.
         jit_compile: Compile the train step with XLA.
         verbose: Passed to `fit`.
 
@@ -99,38 +115,137 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
     history = PhasedHistory()
     for phase in phases:
         freezing.check_block_count(model, phase.unfreeze_blocks)  # Fail before any training.
-    for phase in (p for p in phases if p.epochs):
+    journal = resume.Journal(backup_dir) if backup_dir else None
+    done = journal.restore(model, history) if journal else []
+    if done and verbose != 0:
+        print(f"Resuming after the {' and '.join(done)} phase ({len(history.epoch)} epochs) "
+              f"from {backup_dir}")
+    for phase in (p for p in phases if p.epochs and p.name not in done):
         run_phase(model, phase, train, val, history, callbacks=callbacks,
-                  class_weight=class_weight, jit_compile=jit_compile, verbose=verbose)
+                  class_weight=class_weight, cache=cache, cache_dir=cache_dir,
+                  shuffle=shuffle, seed=seed, journal=journal, jit_compile=jit_compile,
+                  verbose=verbose)
     return history
 
 
 def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight=None,
+              cache="off", cache_dir=None, shuffle=True, seed=None, journal=None,
               jit_compile=False, verbose="auto"):
-    """Sets the trainable blocks, compiles, and fits one phase after `history`'s epochs."""
+    """Sets the trainable blocks, compiles, and fits one phase after `history`'s epochs.
+
+    With `cache` other than `"off"`, the fixed part of the network is run once
+    (`caching.plan` says where it ends, and why it did or did not cache) and
+    `fit` trains the rest on its output. With a `journal`, the phase can be
+    resumed (see `resume.py`).
+    """
+    began = time.perf_counter()
     freezing.set_trainable_blocks(model, phase.unfreeze_blocks)
-    compile_for_phase(model, phase, _steps_per_epoch(train), _sparse_labels(train),
-                      jit_compile=jit_compile)
     trainable = freezing.trainable_summary(model).trainable_params
+    images = None
+    if cache != "off":
+        counts = [caching.count_images(d) for d in (train, val) if d is not None]
+        images = None if None in counts else sum(counts)
+    plan = caching.plan(model, phase.unfreeze_blocks, cache, images)
     if verbose != 0:
         print(f"Phase {phase.name}: {phase.epochs} epochs, top {phase.unfreeze_blocks} "
               f"backbone blocks unfrozen, {trainable:,} trainable parameters, "
-              f"{phase.optimizer} at {phase.learning_rate:g} ({phase.schedule})")
+              f"{phase.optimizer} at {phase.learning_rate:g} ({phase.schedule}); {plan.reason}")
+    trainer, callbacks = model, list(callbacks or [])
+    if plan.mode != "off":
+        common = dict(seed=seed, cache_dir=cache_dir, verbose=verbose != 0)
+        train = caching.cache(plan, train, shuffle=shuffle, name=f"{phase.name}-train",
+                              **common)
+        val = val if val is None else caching.cache(plan, val, shuffle=False,
+                                                    name=f"{phase.name}-val", **common)
+        trainer, callbacks = plan.trainer, [_OnFullModel(c, model) for c in callbacks]
+    compile_for_phase(trainer, phase, _steps_per_epoch(train), _sparse_labels(train),
+                      jit_compile=jit_compile, multi_label=_multi_label(model))
     start = len(history.epoch)
-    began = time.perf_counter()
-    result = model.fit(**_as_fit_inputs(train), validation_data=val, initial_epoch=start,
-                       epochs=start + phase.epochs,
-                       callbacks=[*(callbacks or []), keras.callbacks.TerminateOnNaN()],
-                       class_weight=class_weight, verbose=verbose,
-                       shuffle=not isinstance(train, tf.data.Dataset))
-    history.add_phase(phase, result, trainable, time.perf_counter() - began)
+    callbacks.append(keras.callbacks.TerminateOnNaN())
+    finished = []
+    if journal:
+        callbacks += journal.callbacks(phase)
+        finished = journal.finished_epochs(phase, start)
+        _restore_best(callbacks, history, finished)
+    result = trainer.fit(**_as_fit_inputs(train), validation_data=val, initial_epoch=start,
+                         epochs=start + phase.epochs, callbacks=callbacks,
+                         class_weight=class_weight, verbose=verbose,
+                         shuffle=not isinstance(train, tf.data.Dataset))
+    wall = time.perf_counter() - began + sum(e["seconds"] for e in finished)
+    history.add_phase(phase, result, trainable, wall, plan, finished)
     losses = result.history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
         raise TrainingDivergedError(
             f"Training stopped: the loss became {losses[-1]} in epoch {len(history.epoch)} "
             f"({phase.name} phase, learning rate {phase.learning_rate:g}). Lower the learning "
             "rate, or check the data for broken values.", history)
+    if journal:
+        journal.phase_done(model, history)
     return result
+
+
+class _OnFullModel(keras.callbacks.Callback):
+    """Shows a callback the whole classifier while `fit` trains a cached trainer.
+
+    `ModelCheckpoint` then saves the classifier, not the trainer, while the
+    training state (optimizer, metrics, `stop_training`) is the trainer's, so
+    `TensorBoard` and `EarlyStopping` work. Keras has no way to give a
+    callback another model than the one being fitted, hence this wrapper.
+    """
+
+    def __init__(self, callback, model):
+        super().__init__()
+        self.callback, self.full = callback, model
+
+    def set_model(self, model):
+        self.callback.set_model(_ModelView(self.full, model))
+
+    def set_params(self, params):
+        self.callback.set_params(params)
+
+    def _forward(name):
+        def hook(self, *args, **kwargs):
+            return getattr(self.callback, name)(*args, **kwargs)
+        hook.__name__ = name
+        return hook
+
+    for _name in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+                  "on_train_batch_begin", "on_train_batch_end", "on_test_begin",
+                  "on_test_end", "on_test_batch_begin", "on_test_batch_end"):
+        locals()[_name] = _forward(_name)
+    del _forward, _name
+
+
+class _ModelView:
+    """The classifier, except for the training state, which is the trainer's."""
+
+    _TRAINING_STATE = frozenset({"optimizer", "stop_training", "metrics", "train_function",
+                                 "make_train_function", "_initial_epoch"})
+
+    def __init__(self, full, trainer):
+        object.__setattr__(self, "_full", full)
+        object.__setattr__(self, "_trainer", trainer)
+
+    def __getattr__(self, name):
+        return getattr(self._trainer if name in self._TRAINING_STATE else self._full, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._trainer if name in self._TRAINING_STATE else self._full, name, value)
+
+
+def _restore_best(callbacks, history, finished):
+    """Gives checkpoint callbacks the best value logged before a resume."""
+    for callback in callbacks:
+        callback = getattr(callback, "callback", callback)
+        if not isinstance(callback, keras.callbacks.ModelCheckpoint):
+            continue
+        values = [v for v in history.history.get(callback.monitor, []) if np.isfinite(v)]
+        values += [e["logs"][callback.monitor] for e in finished
+                   if callback.monitor in e["logs"]]
+        if values:
+            maximize = callback.mode == "max" or (
+                callback.mode == "auto" and "acc" in callback.monitor)
+            callback.best = max(values) if maximize else min(values)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -142,9 +257,10 @@ class TrainingDivergedError(RuntimeError):
 
 
 def compile_for_phase(model, phase, steps_per_epoch=None, sparse_labels=True,
-                      jit_compile=False):
+                      jit_compile=False, multi_label=None):
     """Compiles `model` with the phase's optimizer and a loss that fits its output."""
-    multi_label = model.layers[-1].get_config().get("activation") == "sigmoid"
+    if multi_label is None:
+        multi_label = _multi_label(model)
     if multi_label:
         loss = keras.losses.BinaryCrossentropy()
     elif sparse_labels:
@@ -201,18 +317,30 @@ class PhasedHistory(keras.callbacks.History):
         self.epoch = []
         self.phases = []
 
-    def add_phase(self, phase, result, trainable_params, wall_time_s):
-        n = len(result.epoch)
-        for key in set(self.history) | set(result.history):
+    def add_phase(self, phase, result, trainable_params, wall_time_s, plan=None,
+                  finished=()):
+        """Appends a phase's epochs: `finished` ones logged before a resume, then `result`."""
+        keys = set(result.history) | {key for e in finished for key in e["logs"]}
+        ran = len(result.epoch)
+        logs = {key: [e["logs"].get(key, math.nan) for e in finished]
+                + list(result.history.get(key, [math.nan] * ran)) for key in keys}
+        n = len(finished) + len(result.epoch)
+        for key in set(self.history) | set(logs):
             if key == "phase":
                 continue
             past = self.history.setdefault(key, [math.nan] * len(self.epoch))
-            past.extend(result.history.get(key, [math.nan] * n))
+            past.extend(logs.get(key, [math.nan] * n))
         self.history["phase"].extend([phase.name] * n)
-        self.epoch.extend(result.epoch)
+        self.epoch.extend([e["epoch"] for e in finished] + list(result.epoch))
         self.phases.append({"name": phase.name, "epochs": n,
                             "trainable_params": trainable_params,
-                            "wall_time_s": wall_time_s})
+                            "wall_time_s": wall_time_s,
+                            "cache": plan.mode if plan else "off",
+                            "cache_reason": plan.reason if plan else ""})
+
+
+def _multi_label(model):
+    return model.layers[-1].get_config().get("activation") == "sigmoid"
 
 
 def _as_fit_inputs(data):

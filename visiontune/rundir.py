@@ -51,6 +51,21 @@ def prepare(path, overwrite=False):
     return path
 
 
+def prepare_resume(path):
+    """Checks that `path` holds an unfinished run that `--resume` can continue."""
+    if not path:
+        raise ValueError("--resume needs --output: the run directory to continue.")
+    if not os.path.isfile(os.path.join(path, "config.yaml")):
+        raise FileNotFoundError(
+            f"--resume: {path!r} holds no unfinished run (no config.yaml). "
+            "Check --output, or start the run without --resume.")
+    if os.path.isfile(os.path.join(path, "metrics.json")):
+        raise FileExistsError(
+            f"--resume: the run in {path!r} has already finished (it has metrics.json). "
+            "Use --overwrite to train it again, or choose another --output.")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path next to `path`; renames it to `path` on success.

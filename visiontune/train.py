@@ -5,6 +5,7 @@ with a `TrainConfig` too.
 """
 
 import os
+import shutil
 import sys
 import time
 
@@ -33,10 +34,40 @@ def run(config, callbacks=None):
     """
     config_lib.check(config)
     say = (lambda *a: None) if config.quiet else print
+    if config.resume and config.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; pass one of them.")
+    cache = _cache_mode(config)
+    if config.resume:
+        out = rundir.prepare_resume(config.output)
+        config_lib.check_resumable(config, os.path.join(out, "config.yaml"))
+    else:
+        out = rundir.prepare(config.output or rundir.default_run_dir(config.backbone),
+                             config.overwrite)
+        rundir.write_text(os.path.join(out, "config.yaml"), config_lib.saved_yaml(config))
+    say(f"visiontune: run directory {os.path.abspath(out)}"
+        + (" (resuming)" if config.resume else ""))
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        return _train(config, out, cache, callbacks, say)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def _cache_mode(config):
+    """`--cache auto` is off when augmentation makes each epoch's images different."""
+    varied = [f"--{name} {value}" for name, value in
+              (("augment", config.augment), ("mix", config.mix)) if value != "none"]
+    if varied and config.cache in ("memory", "disk"):
+        raise ValueError(
+            f"--cache {config.cache} cannot be combined with {' and '.join(varied)}: a cache "
+            "would keep one random version of each image for every epoch. Use --cache auto "
+            "or off, or --augment none.")
+    return "off" if varied else config.cache
+
+
+def _train(config, out, cache, callbacks, say):
     keras.utils.set_random_seed(config.seed)
-    out = rundir.prepare(config.output or rundir.default_run_dir(config.backbone),
-                         config.overwrite)
-    say(f"visiontune: run directory {os.path.abspath(out)}")
 
     weights = None if str(config.weights).lower() == "none" else config.weights
     image_size = config.image_size or _default_size(config.backbone)
@@ -51,6 +82,8 @@ def run(config, callbacks=None):
         pooling=config.pooling, dropout=config.dropout, hidden_units=config.hidden_units,
         l2=config.l2, l1=config.l1)
     say(freezing.trainable_summary(model))
+    if cache == "off" and config.cache == "auto":
+        say("Cache: off, because augmentation changes the training images every epoch")
 
     callbacks = [*(callbacks or []),
                  keras.callbacks.ModelCheckpoint(os.path.join(out, "best.keras"),
@@ -63,6 +96,8 @@ def run(config, callbacks=None):
             finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr,
             unfreeze_blocks=config.unfreeze_blocks, optimizer=config.optimizer,
             schedule=config.schedule, warmup_epochs=config.warmup_epochs,
+            cache=cache, cache_dir=os.path.join(out, "cache"), seed=config.seed,
+            backup_dir=os.path.join(out, "backup"), jit_compile=config.jit_compile,
             verbose=0 if config.quiet else "auto",
             class_weight=splits.class_weight() if config.class_weight == "balanced" else None)
     except finetune.TrainingDivergedError as error:
@@ -72,7 +107,10 @@ def run(config, callbacks=None):
                 if os.path.exists(best) else " No epoch finished with a finite loss.")
         raise finetune.TrainingDivergedError(str(error) + kept, error.history) from None
     metrics = _final_metrics(model, splits, history, out)
-    _write_artifacts(out, config, model, splits, history, metrics)
+    metrics["settings"] = {"precision": config.precision, "jit_compile": config.jit_compile}
+    _write_artifacts(out, model, splits, history, metrics)
+    for scratch in ("backup", "cache"):  # Resume state and caches are no longer needed.
+        shutil.rmtree(os.path.join(out, scratch), ignore_errors=True)
     say(f"val_accuracy {metrics['val_accuracy']:.4f}, val_loss {metrics['val_loss']:.4f}")
     say(f"visiontune: model saved to {os.path.abspath(os.path.join(out, 'model.keras'))}")
     return metrics
@@ -121,6 +159,8 @@ def _final_metrics(model, splits, history, out):
         "confusion_matrix": scores["confusion_matrix"],
         "epochs": {p["name"]: p["epochs"] for p in history.phases},
         "trainable_params": {p["name"]: p["trainable_params"] for p in history.phases},
+        "cache": {p["name"]: {"mode": p["cache"], "reason": p["cache_reason"]}
+                  for p in history.phases},
         "wall_time_s": {**{p["name"]: round(p["wall_time_s"], 2) for p in history.phases},
                         "total": round(sum(p["wall_time_s"] for p in history.phases), 2)},
         "versions": {"visiontune": visiontune.__version__, "keras": keras.__version__,
@@ -128,8 +168,7 @@ def _final_metrics(model, splits, history, out):
     }
 
 
-def _write_artifacts(out, config, model, splits, history, metrics):
-    rundir.write_text(os.path.join(out, "config.yaml"), config_lib.saved_yaml(config))
+def _write_artifacts(out, model, splits, history, metrics):
     rundir.write_text(os.path.join(out, "labels.txt"), "\n".join(splits.class_names) + "\n")
     rundir.write_history_csv(os.path.join(out, "history.csv"), history)
     rundir.write_json(os.path.join(out, "metrics.json"), metrics)

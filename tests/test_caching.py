@@ -1,0 +1,111 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import visiontune
+from visiontune import caching, freezing, train
+from conftest import color_images, tiny_backbone, write_image_folder
+from test_cli import FAST
+
+
+def fixed_order_data():
+    x, y = color_images(16, size=32, seed=1)
+    xv, yv = color_images(8, size=32, seed=2)
+    return (tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
+            tf.data.Dataset.from_tensor_slices((xv, yv)).batch(16))
+
+
+def trained(cache, **kwargs):
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.3,
+                                        hidden_units=(8,))
+    train_ds, val_ds = fixed_order_data()
+    history = visiontune.fine_tune(model, train_ds, val_ds, head_epochs=3, finetune_epochs=3,
+                                   unfreeze_blocks=2, cache=cache, shuffle=False, verbose=0,
+                                   **kwargs)
+    return model, history
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_cached_phases_train_the_same_weights_as_uncached(mode, tmp_path):
+    reference, reference_history = trained("off")
+    model, history = trained(mode, cache_dir=str(tmp_path))
+    assert [p["cache"] for p in history.phases] == [mode, mode]
+    assert "head layer 'head_dropout'" in history.phases[0]["cache_reason"]
+    assert "block 'block2a'" in history.phases[1]["cache_reason"]
+    for before, after in zip(reference.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(after, before, atol=1e-5)
+    np.testing.assert_allclose(history.history["val_loss"],
+                               reference_history.history["val_loss"], rtol=1e-5)
+    if mode == "disk":
+        assert sorted(os.listdir(tmp_path)) == ["finetune-train.f32", "finetune-val.f32",
+                                                "head-train.f32", "head-val.f32"]
+
+
+def test_plan_cuts_where_training_starts_and_says_why():
+    model = visiontune.build_classifier(tiny_backbone(), 3, None)
+    head = caching.plan(model, 0, "auto", num_images=100)
+    assert head.mode == "memory" and "fits the memory budget" in head.reason
+    assert head.bottom.output.shape[1:] == (32,)  # Pooled features of the last block.
+    blocks = freezing.count_blocks(model)
+    assert caching.plan(model, blocks, "auto", 100).mode == "off"
+    assert "whole backbone trains" in caching.plan(model, blocks, "auto", 100).reason
+    small = caching.plan(model, 1, "auto", num_images=100, budget_bytes=1000)
+    assert small.mode == "disk" and "exceeds the memory budget" in small.reason
+    assert caching.plan(model, 1, "off").mode == "off"
+    with pytest.raises(ValueError, match="cache"):
+        caching.plan(model, 1, "sometimes")
+
+
+def test_trainer_shares_the_classifiers_variables():
+    model = visiontune.build_classifier(tiny_backbone(), 3, None)
+    freezing.set_trainable_blocks(model, 1)
+    plan = caching.plan(model, 1, "memory", 10)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(plan.trainer(plan.bottom(x)), model(x), atol=1e-6)
+    classifier_vars = {id(v) for v in model.trainable_variables}
+    assert {id(v) for v in plan.trainer.trainable_variables} == classifier_vars
+
+
+def test_callbacks_see_the_whole_classifier_in_cached_phases(tmp_path):
+    best = str(tmp_path / "best.keras")
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None)
+    train_ds, val_ds = fixed_order_data()
+    history = visiontune.fine_tune(
+        model, train_ds, val_ds, head_epochs=4, finetune_epochs=0, cache="memory",
+        callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy"), stop],
+        verbose=0)
+    assert history.phases[0]["epochs"] == 2  # EarlyStopping stopped the cached trainer.
+    saved = keras.saving.load_model(best)
+    assert saved.input_shape == (None, 32, 32, 3) and saved.output_shape == (None, 3)
+
+
+def test_cli_reports_the_cache_mode_in_metrics(tmp_path, capsys):
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=8)
+    out = str(tmp_path / "run")
+    assert train.main(["--data", data, "--output", out, *FAST[:-1]]) == 0
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["cache"]["head"]["mode"] == "memory"
+    assert metrics["cache"]["finetune"]["mode"] == "memory"
+    assert "cached in memory" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(out, "cache"))
+    assert keras.saving.load_model(os.path.join(out, "best.keras")).input_shape[1:] == (32, 32, 3)
+
+    augmented = str(tmp_path / "augmented")
+    assert train.main(["--data", data, "--output", augmented, "--augment", "light",
+                       *FAST[:-1]]) == 0
+    metrics = json.load(open(os.path.join(augmented, "metrics.json")))
+    assert metrics["cache"]["head"]["mode"] == "off"
+    assert "augmentation changes the training images" in capsys.readouterr().out
+
+
+def test_forced_cache_with_augmentation_is_a_clear_error(tmp_path, capsys):
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=4)
+    assert train.main(["--data", data, "--output", str(tmp_path / "run"), "--cache", "memory",
+                       "--augment", "light", *FAST]) == 2
+    assert "--cache memory cannot be combined with --augment light" in capsys.readouterr().err

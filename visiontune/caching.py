@@ -1,0 +1,250 @@
+"""Cached training: run the frozen part of the network once, train the rest on its output.
+
+While the backbone is frozen (phase 1), or only its top blocks train (phase
+2), everything below the lowest trainable layer is a fixed function of the
+image: its BatchNormalization layers use their moving statistics and its
+dropout rates are 0 (see `classifier.py`). The usual recipe recomputes it for
+every image in every epoch. `plan` cuts the classifier at that boundary into a
+`bottom` (images -> activations) and a `trainer` (activations -> classes).
+The trainer is built from the classifier's own layer objects, so it shares
+their variables: fitting the trainer trains the classifier, and there is
+nothing to copy back. `cache` runs the bottom once over a dataset.
+
+Keras and tf.data have no such feature (`Dataset.cache` stores the input, not
+a model's activations), hence this module. The trainer is an ordinary Keras
+model trained with `fit`, so callbacks, metrics and `BackupAndRestore` work.
+"""
+
+import dataclasses
+import math
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from visiontune import freezing
+
+MODES = ("auto", "off", "memory", "disk")
+
+# Layers whose output changes from call to call in training: the cut goes before them.
+_RANDOM_LAYERS = (keras.layers.Dropout, keras.layers.GaussianNoise,
+                  keras.layers.GaussianDropout, keras.layers.AlphaDropout,
+                  keras.layers.SpatialDropout2D)
+
+
+@dataclasses.dataclass
+class Plan:
+    """How one phase trains: on cached activations (`mode` memory or disk) or not ("off")."""
+
+    mode: str
+    reason: str
+    bottom: keras.Model = None
+    trainer: keras.Model = None
+    bytes_per_image: int = 0
+
+
+class CannotCut(ValueError):
+    """The classifier has no single tensor below which nothing trains."""
+
+
+def plan(model, unfreeze_blocks, mode="auto", num_images=None, budget_bytes=None):
+    """Decides whether and where to cache for a phase with `unfreeze_blocks` unfrozen.
+
+    Args:
+        model: A classifier from `build_classifier`, with its trainable state set.
+        unfreeze_blocks: Top backbone blocks that train; 0 caches pooled features.
+        mode: `"auto"` (memory when the estimate fits `budget_bytes`, else
+            disk), `"memory"`, `"disk"`, or `"off"`.
+        num_images: Images to cache (training plus validation), for the
+            memory estimate; `None` when unknown.
+        budget_bytes: Memory allowed for the cache; default a quarter of the
+            machine's available memory.
+
+    Returns:
+        A `Plan`, whose `reason` says what was chosen and why.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Expected `cache` in {MODES}. Received: {mode!r}")
+    if mode == "off":
+        return Plan("off", "caching is off (cache='off')")
+    try:
+        bottom, trainer, where = (_cut_head(model) if unfreeze_blocks == 0
+                                  else _cut_backbone(model, unfreeze_blocks))
+    except CannotCut as error:
+        return Plan("off", f"not cached: {error}")
+    per_image = 4 * math.prod(bottom.output.shape[1:])
+    budget = budget_bytes if budget_bytes is not None else memory_budget()
+    need = per_image * num_images if num_images else None
+    size = (f"{per_image / 1024:.1f} KiB per image" +
+            (f", {need / 2**20:.1f} MiB for {num_images} images" if need else ""))
+    if mode == "auto":
+        fits = need is not None and need <= budget
+        chosen = "memory" if fits else "disk"
+        why = (f"fits the memory budget of {budget / 2**20:.0f} MiB" if fits else
+               "the number of images is unknown" if need is None else
+               f"exceeds the memory budget of {budget / 2**20:.0f} MiB")
+    else:
+        chosen, why = mode, f"cache='{mode}'"
+    return Plan(chosen, f"cached in {chosen}: {where}, {size}; {why}", bottom, trainer,
+                per_image)
+
+
+def memory_budget():
+    """A quarter of the memory available now (2 GiB when it cannot be read)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 * 2**30
+
+
+def _backbone_node(model):
+    backbone = freezing.find_backbone(model)
+    node = backbone._inbound_nodes[0]  # The classifier's call of its backbone.
+    return backbone, node.input_tensors[0], node.output_tensors[0]
+
+
+def _single_input(layer):
+    inputs = layer._inbound_nodes[0].input_tensors
+    if len(inputs) != 1:
+        raise CannotCut(f"layer {layer.name!r} takes {len(inputs)} inputs")
+    return inputs[0]
+
+
+def _cut_head(model):
+    """Phase 1: the bottom ends at the pooled features, the trainer is the rest of the head."""
+    _, _, features = _backbone_node(model)
+    where = "the backbone's feature map"
+    for layer in freezing.head_layers(model):
+        if layer.weights or isinstance(layer, _RANDOM_LAYERS):
+            features = _single_input(layer)
+            where = f"the input of head layer {layer.name!r}"
+            break
+    return keras.Model(model.input, features), keras.Model(features, model.output), where
+
+
+def _cut_backbone(model, unfreeze_blocks):
+    """Phase 2: the bottom ends below the lowest unfrozen block; the trainer is the rest."""
+    backbone, backbone_in, backbone_out = _backbone_node(model)
+    blocks = freezing._blocks(backbone, None)
+    if unfreeze_blocks >= len(blocks):
+        raise CannotCut("the whole backbone trains, so there is nothing fixed to cache")
+    lowest = blocks[-unfreeze_blocks]
+    boundary = _single_input(lowest.layers[0])
+    try:
+        top = keras.Model(boundary, backbone.output)
+    except ValueError:
+        raise CannotCut(f"block {lowest.name!r} also reads tensors from below its input "
+                        "(a skip connection across the cut)") from None
+    prefix = keras.Model(model.input, backbone_in)  # The fixed input normalisation.
+    images = keras.Input(model.input.shape[1:], dtype=model.input.dtype)
+    bottom = keras.Model(images, keras.Model(backbone.input, boundary)(prefix(images)))
+    activations = keras.Input(boundary.shape[1:])
+    head = keras.Model(backbone_out, model.output)
+    trainer = keras.Model(activations, head(top(activations)))
+    return bottom, trainer, f"the input of block {lowest.name!r}"
+
+
+def count_images(data):
+    """Returns how many examples `data` holds, or `None` when unknown."""
+    if isinstance(data, tuple):
+        return len(data[0])
+    steps = int(data.cardinality())
+    if steps <= 0:
+        return None
+    first = next(iter(data.take(1)))[0]
+    return steps * int(first.shape[0])  # An upper bound: the last batch may be smaller.
+
+
+def cache(plan, data, *, shuffle=True, seed=None, cache_dir=None, name="train",
+          verbose=True):
+    """Runs `plan.bottom` once over `data` and returns a dataset of its activations.
+
+    Args:
+        plan: A `Plan` whose mode is memory or disk.
+        data: A `tf.data.Dataset` of `(images, labels)` or `(images, labels,
+            sample_weights)` batches, or an `(x, y)` pair of arrays.
+        shuffle: Reshuffle the cached examples every epoch; without it the
+            batches come in the order of this one pass over `data`.
+        seed: Shuffle seed.
+        cache_dir: Folder for the disk cache (default: a temporary folder).
+        name: Names the disk cache file and the progress bar.
+        verbose: Show a progress bar.
+
+    Returns:
+        A `tf.data.Dataset` of batches with the same batch size and structure.
+    """
+    if isinstance(data, tuple):
+        data = tf.data.Dataset.from_tensor_slices(data).batch(32)
+    steps = int(data.cardinality())
+    bar = keras.utils.Progbar(steps if steps > 0 else None, verbose=int(bool(verbose)),
+                              unit_name="batch")
+    if verbose:
+        print(f"Caching {name}: {plan.reason}")
+    forward = tf.function(lambda x: plan.bottom(x, training=False), reduce_retracing=True)
+    store = _DiskStore(cache_dir, name) if plan.mode == "disk" else _MemoryStore()
+    batch_size, extras = None, []
+    for i, batch in enumerate(data):
+        batch_size = batch_size or int(batch[0].shape[0])
+        store.append(np.asarray(forward(batch[0]), dtype="float32"))
+        extras.append([np.asarray(part) for part in batch[1:]])
+        bar.update(i + 1)
+    if not extras:
+        raise ValueError(f"Cannot cache {name}: the dataset is empty.")
+    extras = [np.concatenate(parts) for parts in zip(*extras)]
+    return _batches(store.finish(), extras, batch_size, shuffle, seed)
+
+
+class _MemoryStore:
+    def __init__(self):
+        self.parts = []
+
+    def append(self, array):
+        self.parts.append(array)
+
+    def finish(self):
+        return np.concatenate(self.parts)
+
+
+class _DiskStore:
+    """Appends float32 batches to one raw file and maps it back as a `np.memmap`."""
+
+    def __init__(self, cache_dir, name):
+        folder = cache_dir or tempfile.mkdtemp(prefix="visiontune-cache-")
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, f"{name}.f32")
+        self.file = open(self.path, "wb")
+        self.shape, self.count = None, 0
+
+    def append(self, array):
+        self.shape = array.shape[1:]
+        self.count += len(array)
+        self.file.write(np.ascontiguousarray(array).tobytes())
+
+    def finish(self):
+        self.file.close()
+        return np.memmap(self.path, "float32", "r", shape=(self.count, *self.shape))
+
+
+def _batches(features, extras, batch_size, shuffle, seed):
+    n = len(features)
+    if isinstance(features, np.memmap):
+        def gather(index):
+            def read(i):
+                return (features[np.asarray(i)], *(e[np.asarray(i)] for e in extras))
+            out = tf.numpy_function(read, [index], [tf.float32, *(e.dtype for e in extras)])
+            out[0].set_shape((None, *features.shape[1:]))
+            for part, e in zip(out[1:], extras):
+                part.set_shape((None, *e.shape[1:]))
+            return tuple(out)
+    else:
+        tensors = [tf.constant(features), *(tf.constant(e) for e in extras)]
+
+        def gather(index):
+            return tuple(tf.gather(t, index) for t in tensors)
+    index = tf.data.Dataset.range(n)
+    if shuffle:
+        index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    dataset = index.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
