@@ -182,12 +182,11 @@ def cache(plan, data, *, shuffle=True, seed=None, cache_dir=None, name="train",
                               unit_name="batch")
     if verbose:
         print(f"Caching {name}: {plan.reason}")
-    forward = tf.function(lambda x: plan.bottom(x, training=False), reduce_retracing=True)
     store = _DiskStore(cache_dir, name) if plan.mode == "disk" else _MemoryStore()
     batch_size, extras = None, []
     for i, batch in enumerate(data):
         batch_size = batch_size or int(batch[0].shape[0])
-        store.append(np.asarray(forward(batch[0]), dtype="float32"))
+        store.append(np.asarray(plan.bottom.predict_on_batch(batch[0]), dtype="float32"))
         extras.append([np.asarray(part) for part in batch[1:]])
         bar.update(i + 1)
     if not extras:

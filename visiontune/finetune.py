@@ -167,6 +167,9 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
         callbacks += journal.callbacks(phase)
         finished = journal.finished_epochs(phase, start)
         _restore_best(callbacks, history, finished)
+    # BackupAndRestore sets `_initial_epoch` on restore and Keras 3.15 never clears it,
+    # so without this a later phase on the same model would start at that epoch.
+    trainer._initial_epoch = None
     result = trainer.fit(**_as_fit_inputs(train), validation_data=val, initial_epoch=start,
                          epochs=start + phase.epochs, callbacks=callbacks,
                          class_weight=class_weight, verbose=verbose,

@@ -1,0 +1,121 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import visiontune
+from conftest import tiny_backbone, write_image_folder
+from test_caching import fixed_order_data
+from test_cli import FAST
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises in the middle of epoch `epoch` (counted across phases)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.at, self.epoch = epoch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == self.at:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def fit(backup_dir, cache, callbacks=()):
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+    train, val = fixed_order_data()
+    history = visiontune.fine_tune(model, train, val, head_epochs=3, finetune_epochs=4,
+                                   unfreeze_blocks=2, cache=cache, shuffle=False,
+                                   backup_dir=backup_dir, callbacks=list(callbacks), verbose=0)
+    return model, history
+
+
+@pytest.mark.parametrize("cache", ["off", "memory"])
+@pytest.mark.parametrize("crash_epoch", [1, 5])
+def test_resume_after_a_crash_continues_in_the_right_phase(tmp_path, cache, crash_epoch):
+    reference, reference_history = fit(str(tmp_path / "uninterrupted"), cache)
+    assert not os.path.exists(tmp_path / "uninterrupted" / "finetune")  # Backup deleted.
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        fit(backup, cache, [Interrupt(crash_epoch)])
+    state = os.path.join(backup, "state.json")
+    assert os.path.exists(state) == (crash_epoch >= 3)  # Phase 1 finished before the crash.
+    model, history = fit(backup, cache)
+    for expected, got in zip(reference.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert history.epoch == list(range(7))
+    assert history.history["phase"] == ["head"] * 3 + ["finetune"] * 4
+    np.testing.assert_allclose(history.history["val_loss"],
+                               reference_history.history["val_loss"], rtol=1e-4)
+    assert [p["epochs"] for p in history.phases] == [3, 4]
+
+
+KILLER = """
+import os, signal, sys, keras
+from visiontune import config, train
+
+class Kill(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == {epoch} and batch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train.run(config.parse_config(sys.argv[1:]), callbacks=[Kill()])
+"""
+
+
+def test_sigkill_in_phase_2_then_resume_matches_an_uninterrupted_run(tmp_path):
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=12)
+    # 24 training images in batches of 8: 3 steps per epoch; phase 2 is epochs 2 to 4.
+    flags = ["--data", data, "--backbone", "mobilenetv2", "--weights", "none",
+             "--image-size", "32", "--head-epochs", "2", "--finetune-epochs", "3",
+             "--batch-size", "8", "--quiet"]  # The default --cache auto.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
+    subprocess.run([sys.executable, "-m", "visiontune.train", "--output", reference, *flags],
+                   check=True, env=env, timeout=600)
+    crash = subprocess.run([sys.executable, "-c", KILLER.format(epoch=3), "--output", killed,
+                            *flags], env=env, timeout=600, capture_output=True, text=True)
+    assert crash.returncode == -signal.SIGKILL, crash.stderr
+    assert not os.path.exists(os.path.join(killed, "metrics.json"))
+    resumed = subprocess.run([sys.executable, "-m", "visiontune.train", "--output", killed,
+                              "--resume", "--no-quiet"], env=env, timeout=600, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming after the head phase" in resumed.stdout
+    expected = json.load(open(os.path.join(reference, "metrics.json")))
+    got = json.load(open(os.path.join(killed, "metrics.json")))
+    assert got["epochs"] == expected["epochs"] == {"head": 2, "finetune": 3}
+    assert abs(got["val_accuracy"] - expected["val_accuracy"]) <= 0.01
+    assert abs(got["val_loss"] - expected["val_loss"]) <= 0.01
+    history = open(os.path.join(killed, "history.csv")).read().splitlines()
+    assert [row.split(",")[:2] for row in history[1:]] == [
+        ["1", "head"], ["2", "head"], ["3", "finetune"], ["4", "finetune"], ["5", "finetune"]]
+    assert not os.path.exists(os.path.join(killed, "backup"))
+
+
+def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, capsys):
+    from visiontune import train
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=4)
+    out = str(tmp_path / "run")
+    assert train.main(["--output", out, "--resume", *FAST]) == 2
+    assert "no unfinished run" in capsys.readouterr().err
+    os.makedirs(out)
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        f.write(f"data: {data}\nhead_lr: 0.01\n")
+    assert train.main(["--data", data, "--output", out, "--resume", "--head-lr", "0.02",
+                       *FAST]) == 2
+    assert "head_lr (0.01 -> 0.02)" in capsys.readouterr().err
+    open(os.path.join(out, "metrics.json"), "w").write("{}")
+    assert train.main(["--output", out, "--resume", *FAST]) == 2
+    assert "already finished" in capsys.readouterr().err
+    assert train.main(["--output", out, "--resume", "--overwrite", *FAST]) == 2
