@@ -63,7 +63,8 @@ def test_savedmodel_export_matches_keras_on_uint8_images(run, tmp_path, capsys):
     out, _ = run
     target = str(tmp_path / "saved")
     assert export.main([out, "--format", "savedmodel", "--output", target]) == 0
-    assert "Parity on" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Parity on" in printed and "[3/3] checking parity" in printed
     assert os.path.isfile(os.path.join(target, "labels.txt"))
     model, _, resize = serving.load_run(out)
     pixels = export.sample_images(out, model, resize)

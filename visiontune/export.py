@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -56,13 +57,17 @@ def main(argv=None):
     parser.add_argument("--quantize", choices=serving.QUANTIZATIONS, default="none",
                         help="TFLite weight quantization")
     parser.add_argument("--output", help="where to write (default RUN_DIR/export/model...)")
+    parser.add_argument("--quiet", action="store_true", help="print only errors")
     args = parser.parse_args(argv)
+    steps = 3 if args.format != "onnx" else 2
+    step = _Steps(steps, quiet=args.quiet)
     try:
+        step("loading the run's model.keras")
         model, _, resize = serving.load_run(args.run_dir)
         out_dir = os.path.join(args.run_dir, "export")
         path = args.output or os.path.join(out_dir, "model" + _EXTENSIONS[args.format])
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        print(f"Exporting {args.format} to {os.path.abspath(path)} ...")
+        step(f"writing {args.format} to {os.path.abspath(path)}")
         written = serving.export(model, path, args.format, args.quantize)
     except (ValueError, OSError, ImportError) as error:
         print(f"visiontune.export: error: {error}", file=sys.stderr)
@@ -70,11 +75,30 @@ def main(argv=None):
     beside = written if os.path.isdir(written) else os.path.dirname(os.path.abspath(written))
     shutil.copy(os.path.join(args.run_dir, "labels.txt"), os.path.join(beside, "labels.txt"))
     if args.format != "onnx":
+        step("checking parity with the Keras model")
         pixels = sample_images(args.run_dir, model, resize)
         diff = parity(model, written, args.format, pixels)
-        print(f"Parity on {len(pixels)} images: max |keras - {args.format}| = {diff:.2e}")
-    print(f"Exported {os.path.abspath(written)} (input: uint8 RGB images, labels.txt beside it)")
+        step.say(f"Parity on {len(pixels)} images: max |keras - {args.format}| = {diff:.2e}")
+    step.say(f"Exported {os.path.abspath(written)} (input: uint8 RGB images, labels.txt "
+             f"beside it) in {time.perf_counter() - step.began:.1f} s")
     return 0
+
+
+class _Steps:
+    """Prints `[i/n] what` with the elapsed time; export's steps are single calls
+    that report no progress of their own, so a step counter is what can be shown."""
+
+    def __init__(self, total, quiet=False):
+        self.total, self.done, self.quiet = total, 0, quiet
+        self.began = time.perf_counter()
+
+    def __call__(self, what):
+        self.done += 1
+        self.say(f"[{self.done}/{self.total}] {what} ({time.perf_counter() - self.began:.1f} s)")
+
+    def say(self, text):
+        if not self.quiet:
+            print(text, flush=True)
 
 
 if __name__ == "__main__":
