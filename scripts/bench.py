@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import visiontune  # noqa: E402
-from visiontune import backbones, data, freezing  # noqa: E402
+from visiontune import backbones, data  # noqa: E402
 
 
 class PeakMemory:
@@ -244,6 +244,11 @@ def main():
               f"{tune / base['finetune']:>6.2f} {head + tune:>8.1f} {total_ratio:>6.2f} "
               f"{rate['head']:>8.1f} {rate['finetune']:>8.1f} {inputs[name]:>11.0f} "
               f"{peak:>7.2f}GB {acc:>7.3f}")
+    print("\nEpoch times, s (first run of each variant; the spread is this machine's noise):")
+    for name in variants:
+        seconds = results[name][0][1]
+        print(f"  {name:<20} " + "; ".join(
+            f"{phase} " + " ".join(f"{t:.1f}" for t in seconds[phase]) for phase in seconds))
     modes = results["visiontune"][0][3]
     print(f"\nratio = variant / baseline (below 1 is faster). visiontune cache modes: "
           f"phase 1 {modes[0]}, phase 2 {modes[1]}. img/s = training images / median epoch "
