@@ -156,7 +156,7 @@ def toolkit(args, splits, size, cache):
         model, splits.train, splits.val, head_epochs=args.head_epochs, head_lr=args.head_lr,
         finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
         unfreeze_blocks=args.unfreeze_blocks, cache=cache, seed=args.seed,
-        callbacks=[timer, PhaseSplit()], verbose=0)
+        jit_compile=args.jit_compile, callbacks=[timer, PhaseSplit()], verbose=0)
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     accuracy = model.evaluate(splits.val, verbose=0, return_dict=True)["accuracy"]
     times = {p["name"]: p["wall_time_s"] for p in history.phases}
@@ -194,6 +194,11 @@ def main():
     parser.add_argument("--repeats-runs", type=int, default=1,
                         help="end-to-end runs of each variant (median reported)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="compile visiontune's training steps with XLA (the baseline "
+                             "keeps Keras's default, which is no XLA on a CPU-only machine)")
+    parser.add_argument("--variants", default="baseline,visiontune,visiontune-nocache",
+                        help="comma-separated subset to run; the baseline is always run")
     args = parser.parse_args()
 
     spec = backbones.get_spec(args.backbone)
@@ -204,12 +209,16 @@ def main():
     print(f"{args.data}: {n_train} training and {len(splits.val_files.paths)} validation "
           f"images; {args.backbone} at {size[0]}x{size[1]}, weights={args.weights}, "
           f"{args.head_epochs}+{args.finetune_epochs} epochs, top {args.unfreeze_blocks} "
-          f"blocks in phase 2; {os.cpu_count()} CPUs, TF {tf.__version__}, "
+          f"blocks in phase 2, jit_compile={args.jit_compile}; {os.cpu_count()} CPUs, TF {tf.__version__}, "
           f"Keras {keras.__version__}")
 
     variants = {"baseline": lambda: baseline(args, splits, size),
                 "visiontune": lambda: toolkit(args, splits, size, "auto"),
                 "visiontune-nocache": lambda: toolkit(args, splits, size, "off")}
+    chosen = {"baseline", *args.variants.split(",")}
+    if not chosen <= set(variants):
+        parser.error(f"--variants: expected names from {sorted(variants)}")
+    variants = {name: run for name, run in variants.items() if name in chosen}
     results = {name: [] for name in variants}
     for _ in range(args.repeats_runs):
         for name, run in variants.items():
@@ -249,9 +258,9 @@ def main():
         seconds = results[name][0][1]
         print(f"  {name:<20} " + "; ".join(
             f"{phase} " + " ".join(f"{t:.1f}" for t in seconds[phase]) for phase in seconds))
-    modes = results["visiontune"][0][3]
-    print(f"\nratio = variant / baseline (below 1 is faster). visiontune cache modes: "
-          f"phase 1 {modes[0]}, phase 2 {modes[1]}. img/s = training images / median epoch "
+    modes = "; ".join(f"{name}: phase 1 {results[name][0][3][0]}, phase 2 {results[name][0][3][1]}"
+                      for name in variants if name != "baseline")
+    print(f"\nratio = variant / baseline (below 1 is faster). Cache modes: {modes}. img/s = training images / median epoch "
           f"time (epochs include validation; phase 1 of a cached run is mostly the one "
           f"caching pass). Peak RSS is the process's, so later variants include what "
           f"earlier ones left allocated.")
