@@ -1,5 +1,6 @@
 import json
 import os
+import tempfile
 
 import keras
 import numpy as np
@@ -144,3 +145,46 @@ def test_jit_compile_trains_cached_phases_like_the_plain_step():
     # Without dropout the only difference is XLA's reordering of float operations.
     for before, after in zip(reference.get_weights(), model.get_weights()):
         np.testing.assert_allclose(after, before, atol=1e-4)
+
+
+def test_augmented_copies_give_each_epoch_one_whole_copy(tmp_path):
+    folder = write_image_folder(str(tmp_path / "photos"), n_per_class=4)
+    splits = visiontune.load_data(folder, 32, batch_size=4, augment_preset="light",
+                                  verbose=False)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None)
+    plan = caching.plan(model, 0, "memory", 40)
+    cached = caching.cache(plan, splits.train, copies=3, seed=0, verbose=False)
+    n = len(splits.train_files.paths)
+    assert int(cached.cardinality()) == -(-n // 4)
+    labels = sorted(splits.train_files.labels)
+    epochs = []
+    for _ in range(8):
+        features, y = (np.concatenate(part) for part in zip(*cached))
+        assert sorted(y.tolist()) == labels  # Every image once per epoch.
+        epochs.append(frozenset(map(bytes, np.round(features, 5))))
+    # 8 epochs drawn from 3 copies: some repeat a copy exactly, and the copies differ
+    # because every pass over the pipeline draws new augmentations.
+    assert 2 <= len(set(epochs)) <= 3
+    with pytest.raises(ValueError, match="copies"):
+        caching.cache(plan, splits.train, copies=0)
+
+
+def test_cli_caches_augmented_copies_in_phase_1_only(tmp_path, capsys):
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=6)
+    out = str(tmp_path / "run")
+    assert train.main(["--data", data, "--output", out, "--augment", "light",
+                       "--cache-copies", "2", *FAST]) == 0
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["cache"]["head"]["mode"] == "memory"
+    assert metrics["cache"]["finetune"]["mode"] == "off"
+    assert "cache_copies=2" in metrics["cache"]["finetune"]["reason"]
+    assert train.main(["--data", data, "--output", str(tmp_path / "plain"),
+                       "--cache-copies", "2", *FAST]) == 2
+    assert "--cache-copies 2 needs --augment or --mix" in capsys.readouterr().err
+
+
+def test_disk_cache_without_a_folder_leaves_no_temporary_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, history = trained("disk")
+    assert [p["cache"] for p in history.phases] == ["disk", "disk"]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("visiontune-cache")]

@@ -158,7 +158,7 @@ def count_images(data):
 
 
 def cache(plan, data, *, shuffle=True, seed=None, cache_dir=None, name="train",
-          verbose=True):
+          copies=1, verbose=True):
     """Runs `plan.bottom` once over `data` and returns a dataset of its activations.
 
     Args:
@@ -168,31 +168,41 @@ def cache(plan, data, *, shuffle=True, seed=None, cache_dir=None, name="train",
         shuffle: Reshuffle the cached examples every epoch; without it the
             batches come in the order of this one pass over `data`.
         seed: Shuffle seed.
-        cache_dir: Folder for the disk cache (default: a temporary folder).
+        cache_dir: Folder for the disk cache (default: a new temporary folder,
+            which the caller removes; `fine_tune` does).
         name: Names the disk cache file and the progress bar.
-        verbose: Show a progress bar.
+        copies: Passes over `data` to cache. With random augmentation in
+            `data`, each pass is a differently augmented copy of the
+            training set, and every epoch then trains on one of the copies,
+            drawn at random (seeded). 1 caches one pass.
+        verbose: 0 quiet, 1 a progress bar, 2 one line when done.
 
     Returns:
         A `tf.data.Dataset` of batches with the same batch size and structure.
     """
     if isinstance(data, tuple):
         data = tf.data.Dataset.from_tensor_slices(data).batch(32)
+    if isinstance(copies, bool) or not isinstance(copies, (int, np.integer)) or copies < 1:
+        raise ValueError(f"Expected `copies` to be an integer >= 1. Received: {copies!r}")
     steps = int(data.cardinality())
-    bar = keras.utils.Progbar(steps if steps > 0 else None, verbose=int(bool(verbose)),
-                              unit_name="batch")
+    bar = keras.utils.Progbar(steps * copies if steps > 0 else None,
+                              verbose=int(verbose), unit_name="batch")
     if verbose:
-        print(f"Caching {name}: {plan.reason}")
+        print(f"Caching {name}" + (f" ({copies} augmented copies)" if copies > 1 else "")
+              + ":")
     store = _DiskStore(cache_dir, name) if plan.mode == "disk" else _MemoryStore()
-    batch_size, extras = None, []
-    for i, batch in enumerate(data):
-        batch_size = batch_size or int(batch[0].shape[0])
-        store.append(np.asarray(plan.bottom.predict_on_batch(batch[0]), dtype="float32"))
-        extras.append([np.asarray(part) for part in batch[1:]])
-        bar.update(i + 1)
+    batch_size, extras, done = None, [], 0
+    for _ in range(copies):  # Each pass draws new random augmentations, if `data` has any.
+        for batch in data:
+            batch_size = batch_size or int(batch[0].shape[0])
+            store.append(np.asarray(plan.bottom.predict_on_batch(batch[0]), dtype="float32"))
+            extras.append([np.asarray(part) for part in batch[1:]])
+            done += 1
+            bar.update(done)
     if not extras:
         raise ValueError(f"Cannot cache {name}: the dataset is empty.")
     extras = [np.concatenate(parts) for parts in zip(*extras)]
-    return _batches(store.finish(), extras, batch_size, shuffle, seed)
+    return _batches(store.finish(), extras, batch_size, shuffle, seed, copies)
 
 
 class _MemoryStore:
@@ -226,8 +236,8 @@ class _DiskStore:
         return np.memmap(self.path, "float32", "r", shape=(self.count, *self.shape))
 
 
-def _batches(features, extras, batch_size, shuffle, seed):
-    n = len(features)
+def _batches(features, extras, batch_size, shuffle, seed, copies=1):
+    n = len(features) // copies
     if isinstance(features, np.memmap):
         def gather(index):
             def read(i):
@@ -240,10 +250,33 @@ def _batches(features, extras, batch_size, shuffle, seed):
     else:
         tensors = [tf.constant(features), *(tf.constant(e) for e in extras)]
 
+        # Plain TensorFlow already; converting it only logs an AutoGraph closure warning.
+        @tf.autograph.experimental.do_not_convert
         def gather(index):
             return tuple(tf.gather(t, index) for t in tensors)
-    index = tf.data.Dataset.range(n)
-    if shuffle:
-        index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if copies == 1:
+        index = tf.data.Dataset.range(n)
+        if shuffle:
+            index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    else:
+        index = _copy_index(n, copies, shuffle, seed)
     dataset = index.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _copy_index(n, copies, shuffle, seed):
+    """Per iteration (epoch): the row numbers of one randomly drawn copy, shuffled or not.
+
+    A seeded `Dataset.random` with `rerandomize_each_iteration` gives a new
+    number each epoch; it picks the copy and keys a stateless shuffle.
+    """
+    draw = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+
+    def rows(number):
+        order = tf.range(n, dtype=tf.int64)
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(
+                order, seed=tf.stack([number, tf.constant(0, tf.int64)]))
+        return tf.data.Dataset.from_tensor_slices(order + n * (number % copies))
+
+    return draw.flat_map(rows).apply(tf.data.experimental.assert_cardinality(n))

@@ -99,6 +99,10 @@ class TrainConfig:
         "rest on its cached output; auto: in memory when it fits, else on disk, and off "
         "when --augment or --mix make every epoch's images different",
         choices=caching.MODES)
+    cache_copies: int = _field(
+        1, "Speed", "with --augment or --mix: cache phase 1 on this many augmented copies "
+        "of the training set (each epoch trains on one, drawn at random) instead of turning "
+        "the cache off; phase 2 trains uncached")
     precision: str = _field(
         "float32", "Speed", "compute dtype policy; mixed_float16 suits recent GPUs, "
         "mixed_bfloat16 recent CPUs and TPUs; the output layer stays float32",
@@ -121,6 +125,7 @@ _RANGES = {
     "validation_split": (lambda v: 0 < v < 1, "between 0 and 1, exclusive"),
     "image_size": (lambda v: v is None or v >= 32, "at least 32 (or null for the default)"),
     "batch_size": (lambda v: v >= 1, "at least 1"),
+    "cache_copies": (lambda v: v >= 1, "at least 1"),
     "dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "l2": (lambda v: v >= 0, "at least 0"),
     "l1": (lambda v: v >= 0, "at least 0"),

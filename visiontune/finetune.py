@@ -4,8 +4,10 @@
 `PhasedHistory` hold the mechanics so that other schedules can reuse them.
 """
 
+import contextlib
 import dataclasses
 import math
+import tempfile
 import time
 
 import keras
@@ -51,8 +53,8 @@ class Phase:
 def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_epochs=10,
               finetune_lr=3e-5, unfreeze_blocks=2, optimizer="adam", finetune_optimizer=None,
               schedule="cosine", warmup_epochs=1, class_weight=None, callbacks=None,
-              cache="off", cache_dir=None, shuffle=True, seed=None, backup_dir=None,
-              jit_compile=False, verbose="auto"):
+              cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
+              backup_dir=None, jit_compile=False, verbose="auto"):
     """Fine-tunes a classifier in two phases and returns one merged history.
 
     Phase 1 trains the head on a frozen backbone. Phase 2 unfreezes the top
@@ -84,7 +86,12 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
             else disk), `"memory"` or `"disk"`. Only for training data
             without random augmentation: each image is seen as it was on
             the single caching pass.
-        cache_dir: Folder for disk caches (default: a temporary folder).
+        cache_dir: Folder for disk caches (default: a temporary folder,
+            removed when the phase ends).
+        cache_copies: For `train` with random augmentation: phase 1 caches
+            this many augmented passes over it and trains each epoch on
+            one of them, drawn at random; phase 2 then trains uncached on
+            `train` as given. 1 (the default) caches a single pass.
         shuffle: Reshuffle cached training examples every epoch. (Uncached
             data is used as given.)
         seed: Seed of that shuffle.
@@ -112,6 +119,10 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
         Phase("finetune", finetune_epochs, finetune_lr, unfreeze_blocks,
               finetune_optimizer or optimizer, schedule, warmup_epochs),
     ]
+    if isinstance(cache_copies, bool) or not isinstance(cache_copies, (int, np.integer)) \
+            or cache_copies < 1:
+        raise ValueError(f"Expected `cache_copies` to be an integer >= 1. "
+                         f"Received: {cache_copies!r}")
     history = PhasedHistory()
     for phase in phases:
         freezing.check_block_count(model, phase.unfreeze_blocks)  # Fail before any training.
@@ -123,14 +134,15 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
     for phase in (p for p in phases if p.epochs and p.name not in done):
         run_phase(model, phase, train, val, history, callbacks=callbacks,
                   class_weight=class_weight, cache=cache, cache_dir=cache_dir,
-                  shuffle=shuffle, seed=seed, journal=journal, jit_compile=jit_compile,
+                  cache_copies=cache_copies, shuffle=shuffle, seed=seed, journal=journal,
+                  jit_compile=jit_compile,
                   verbose=verbose)
     return history
 
 
 def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight=None,
-              cache="off", cache_dir=None, shuffle=True, seed=None, journal=None,
-              jit_compile=False, verbose="auto"):
+              cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
+              journal=None, jit_compile=False, verbose="auto"):
     """Sets the trainable blocks, compiles, and fits one phase after `history`'s epochs.
 
     With `cache` other than `"off"`, the fixed part of the network is run once
@@ -141,39 +153,50 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
     began = time.perf_counter()
     freezing.set_trainable_blocks(model, phase.unfreeze_blocks)
     trainable = freezing.trainable_summary(model).trainable_params
+    copies = cache_copies if phase.unfreeze_blocks == 0 else 1
     images = None
     if cache != "off":
         counts = [caching.count_images(d) for d in (train, val) if d is not None]
-        images = None if None in counts else sum(counts)
-    plan = caching.plan(model, phase.unfreeze_blocks, cache, images)
+        images = None if None in counts else counts[0] * copies + sum(counts[1:])
+    if cache != "off" and cache_copies > 1 and phase.unfreeze_blocks:
+        plan = caching.Plan("off", f"not cached: cache_copies={cache_copies} means augmented "
+                                   "training data, which phase 2 trains on as given")
+    else:
+        plan = caching.plan(model, phase.unfreeze_blocks, cache, images)
     if verbose != 0:
         print(f"Phase {phase.name}: {phase.epochs} epochs, top {phase.unfreeze_blocks} "
               f"backbone blocks unfrozen, {trainable:,} trainable parameters, "
               f"{phase.optimizer} at {phase.learning_rate:g} ({phase.schedule}); {plan.reason}")
-    trainer, callbacks = model, list(callbacks or [])
-    if plan.mode != "off":
-        common = dict(seed=seed, cache_dir=cache_dir, verbose=verbose != 0)
-        train = caching.cache(plan, train, shuffle=shuffle, name=f"{phase.name}-train",
-                              **common)
-        val = val if val is None else caching.cache(plan, val, shuffle=False,
-                                                    name=f"{phase.name}-val", **common)
-        trainer, callbacks = plan.trainer, [_OnFullModel(c, model) for c in callbacks]
-    compile_for_phase(trainer, phase, _steps_per_epoch(train), _sparse_labels(train),
-                      jit_compile=jit_compile, multi_label=_multi_label(model))
-    start = len(history.epoch)
-    callbacks.append(keras.callbacks.TerminateOnNaN())
-    finished = []
-    if journal:
-        callbacks += journal.callbacks(phase)
-        finished = journal.finished_epochs(phase, start)
-        _restore_best(callbacks, history, finished)
-    # BackupAndRestore sets `_initial_epoch` on restore and Keras 3.15 never clears it,
-    # so without this a later phase on the same model would start at that epoch.
-    trainer._initial_epoch = None
-    result = trainer.fit(**_as_fit_inputs(train), validation_data=val, initial_epoch=start,
-                         epochs=start + phase.epochs, callbacks=callbacks,
-                         class_weight=class_weight, verbose=verbose,
-                         shuffle=not isinstance(train, tf.data.Dataset))
+    with contextlib.ExitStack() as scratch:
+        if plan.mode == "disk" and cache_dir is None:  # Removed when the phase ends.
+            cache_dir = scratch.enter_context(tempfile.TemporaryDirectory(
+                prefix="visiontune-cache-", ignore_cleanup_errors=True))
+        trainer, callbacks = model, list(callbacks or [])
+        if plan.mode != "off":
+            # A progress bar as `fit` shows them: 1 live, 2 one line at the end, 0 none.
+            common = dict(seed=seed, cache_dir=cache_dir,
+                          verbose=1 if verbose == "auto" else int(verbose))
+            train = caching.cache(plan, train, shuffle=shuffle, name=f"{phase.name}-train",
+                                  copies=copies, **common)
+            val = val if val is None else caching.cache(plan, val, shuffle=False,
+                                                        name=f"{phase.name}-val", **common)
+            trainer, callbacks = plan.trainer, [_OnFullModel(c, model) for c in callbacks]
+        compile_for_phase(trainer, phase, _steps_per_epoch(train), _sparse_labels(train),
+                          jit_compile=jit_compile, multi_label=_multi_label(model))
+        start = len(history.epoch)
+        callbacks.append(keras.callbacks.TerminateOnNaN())
+        finished = []
+        if journal:
+            callbacks += journal.callbacks(phase)
+            finished = journal.finished_epochs(phase, start)
+            _restore_best(callbacks, history, finished)
+        # BackupAndRestore sets `_initial_epoch` on restore and Keras 3.15 never clears it,
+        # so without this a later phase on the same model would start at that epoch.
+        trainer._initial_epoch = None
+        result = trainer.fit(**_as_fit_inputs(train), validation_data=val, initial_epoch=start,
+                             epochs=start + phase.epochs, callbacks=callbacks,
+                             class_weight=class_weight, verbose=verbose,
+                             shuffle=not isinstance(train, tf.data.Dataset))
     wall = time.perf_counter() - began + sum(e["seconds"] for e in finished)
     history.add_phase(phase, result, trainable, wall, plan, finished)
     losses = result.history.get("loss", [])

@@ -55,14 +55,28 @@ def run(config, callbacks=None):
 
 
 def _cache_mode(config):
-    """`--cache auto` is off when augmentation makes each epoch's images different."""
+    """`--cache auto` is off when augmentation makes each epoch's images different.
+
+    Unless `--cache-copies` asks for a fixed number of augmented copies: then
+    phase 1 caches them (and `fine_tune` trains phase 2 uncached).
+    """
     varied = [f"--{name} {value}" for name, value in
               (("augment", config.augment), ("mix", config.mix)) if value != "none"]
+    if config.cache_copies > 1:
+        if not varied:
+            raise ValueError(
+                f"--cache-copies {config.cache_copies} needs --augment or --mix: without "
+                "augmentation every copy would be the same. Use --cache-copies 1.")
+        if config.cache == "off":
+            raise ValueError(f"--cache-copies {config.cache_copies} caches phase 1, which "
+                             "--cache off forbids; pass one of them.")
+        return config.cache
     if varied and config.cache in ("memory", "disk"):
         raise ValueError(
             f"--cache {config.cache} cannot be combined with {' and '.join(varied)}: a cache "
             "would keep one random version of each image for every epoch. Use --cache auto "
-            "or off, or --augment none.")
+            "or off, --augment none, or --cache-copies N to cache N augmented copies in "
+            "phase 1.")
     return "off" if varied else config.cache
 
 
@@ -96,7 +110,8 @@ def _train(config, out, cache, callbacks, say):
             finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr,
             unfreeze_blocks=config.unfreeze_blocks, optimizer=config.optimizer,
             schedule=config.schedule, warmup_epochs=config.warmup_epochs,
-            cache=cache, cache_dir=os.path.join(out, "cache"), seed=config.seed,
+            cache=cache, cache_dir=os.path.join(out, "cache"),
+            cache_copies=config.cache_copies, seed=config.seed,
             backup_dir=os.path.join(out, "backup"), jit_compile=config.jit_compile,
             verbose=0 if config.quiet else "auto",
             class_weight=splits.class_weight() if config.class_weight == "balanced" else None)
