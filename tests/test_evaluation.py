@@ -44,8 +44,17 @@ def test_every_plot_is_a_valid_png(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
     probs = rng.dirichlet([1, 1], size=6)
-    plots.prediction_grid(images, np.array([0, 1, 0, 1, 0, 1]), probs, ["cat", "dog"],
-                          str(tmp_path / "grid.png"))
-    for name in ("curves.png", "cm.png", "grid.png"):
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    grid = plots.prediction_grid(images, labels, probs, ["cat", "dog"],
+                                 str(tmp_path / "grid.png"))
+    plots.class_counts({"train": {"cat": 5, "dog": 2}, "val": {"cat": 1, "dog": 1}},
+                       str(tmp_path / "counts.png"))
+    for name in ("curves.png", "cm.png", "grid.png", "counts.png"):
         assert _is_png(str(tmp_path / name))
-    assert sorted(os.listdir(tmp_path)) == ["cm.png", "curves.png", "grid.png"]
+    assert sorted(os.listdir(tmp_path)) == ["cm.png", "counts.png", "curves.png", "grid.png"]
+    # Mistakes come first and are titled in red; without a path nothing is written.
+    wrong = probs.argmax(axis=1) != labels
+    colors = [ax.title.get_color() for ax in grid.axes if ax.get_title()]
+    assert colors == ["red"] * wrong.sum() + ["black"] * (~wrong).sum()
+    assert plots.image_grid(images, [str(i) for i in range(6)]).axes
+    assert len(os.listdir(tmp_path)) == 4

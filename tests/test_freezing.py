@@ -4,7 +4,7 @@ import pytest
 
 import visiontune
 from visiontune import backbones
-from conftest import color_images
+from conftest import color_images, tiny_backbone
 
 
 def snapshot(layers):
@@ -103,3 +103,14 @@ def test_find_backbone_rejects_models_without_one():
     inputs = keras.Input((4,))
     with pytest.raises(ValueError, match="exactly one nested backbone"):
         visiontune.find_backbone(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+
+
+def test_block_patterns_with_or_without_a_group_name_the_blocks():
+    model = visiontune.build_classifier(tiny_backbone(), 3, None)
+    for patterns in ([r"^(block\d)a_"], [r"block1", r"block2", r"block3"]):
+        assert visiontune.count_blocks(model, block_patterns=patterns) == 4  # With the stem.
+        visiontune.unfreeze_top_blocks(model, 1, block_patterns=patterns)
+        trainable = {l.name for l in visiontune.find_backbone(model).layers
+                     if l.trainable and l.weights}
+        assert trainable == {"block3a_conv"}  # Its BatchNorm stays frozen.
+        visiontune.freeze_backbone(model)

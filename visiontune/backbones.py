@@ -212,7 +212,8 @@ def backbone_blocks(backbone, block_patterns=None):
 
     Args:
         backbone: A functional `keras.Model`.
-        block_patterns: Regexes whose first group names a layer's block. By
+        block_patterns: Regexes whose first group (or, without a group, whose
+            whole match) names a layer's block, e.g. `[r"^(stage\d)_"]`. By
             default the registered family whose patterns match the most
             layers is used; a network that matches none gets one block per
             layer that has weights.
@@ -244,7 +245,7 @@ def _match_block(name, compiled):
     for pattern in compiled:
         match = pattern.search(name)
         if match:
-            key = match.group(1)
+            key = match.group(1) if pattern.groups else match.group(0)
             return f"block{key}" if key.isdigit() else key
     return None
 

@@ -134,6 +134,22 @@ def load_data(source, image_size, *, batch_size=32, validation_split=0.2, seed=0
     return splits
 
 
+def load_first_available(sources, image_size, **kwargs):
+    """Loads the first of `sources` that can be loaded here; returns `(source, splits)`.
+
+    For examples that should run anywhere, e.g. a local folder, else a TFDS
+    dataset (which needs the network or a prepared copy), else the offline
+    `"builtin:digits"`. Each source that fails is printed with the reason.
+    `kwargs` go to `load_data`.
+    """
+    for source in sources:
+        try:
+            return source, load_data(source, image_size, **kwargs)
+        except (OSError, ValueError) as error:  # FileNotFoundError is an OSError.
+            print(f"Skipping {source!r}: {error}")
+    raise ValueError(f"None of the data sources could be loaded: {list(sources)}")
+
+
 def scan_folder(path, class_names=None, check=True, verbose=False):
     """Lists the usable images in a folder of class subfolders.
 

@@ -1,8 +1,9 @@
 """The run's pictures: learning curves, confusion matrix, and a grid of predictions.
 
 Figures are drawn on `matplotlib.figure.Figure` objects, not through pyplot,
-so importing visiontune never changes the user's matplotlib backend, and each
-PNG is written atomically.
+so importing visiontune never changes the user's matplotlib backend. Each
+function returns its figure (a notebook shows it inline) and, given a `path`,
+also writes it as a PNG, atomically.
 """
 
 import numpy as np
@@ -11,7 +12,7 @@ from matplotlib.figure import Figure
 from visiontune import rundir
 
 
-def learning_curves(history, path):
+def learning_curves(history, path=None):
     """Plots loss and accuracy per epoch, training and validation, with phase boundaries."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     epochs = np.arange(1, len(history.epoch) + 1)
@@ -28,10 +29,10 @@ def learning_curves(history, path):
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def confusion_matrix(matrix, class_names, path):
+def confusion_matrix(matrix, class_names, path=None):
     """Plots a confusion matrix (rows: true class, columns: predicted) with counts."""
     matrix = np.asarray(matrix)
     size = max(4, 0.6 * len(class_names) + 2)
@@ -46,38 +47,60 @@ def confusion_matrix(matrix, class_names, path):
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center",
                 color="white" if count > matrix.max() / 2 else "black")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def prediction_grid(images, labels, probabilities, class_names, path, count=16):
+def prediction_grid(images, labels, probabilities, class_names, path=None, count=16):
     """Shows images with true and predicted labels; wrong predictions are framed in red.
 
     The mistakes come first, so the grid shows what the model gets wrong.
     """
     predicted = probabilities.argmax(axis=1)
     order = np.argsort(predicted == labels, kind="stable")[:count]
-    cols = 4
-    rows = max(1, int(np.ceil(len(order) / cols)))
+    titles = [f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
+              f"({probabilities[i, predicted[i]]:.2f})" for i in order]
+    return image_grid(images[order], titles, path, wrong=predicted[order] != labels[order])
+
+
+def image_grid(images, titles, path=None, wrong=None, cols=4):
+    """Shows uint8 images in a grid with a title each; `wrong` ones are framed in red."""
+    wrong = np.zeros(len(images), bool) if wrong is None else np.asarray(wrong)
+    rows = max(1, int(np.ceil(len(images) / cols)))
     fig = Figure(figsize=(2.6 * cols, 2.8 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, i in zip(axes, order):
-        wrong = predicted[i] != labels[i]
-        ax.imshow(images[i])
-        ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
-                     f"({probabilities[i, predicted[i]]:.2f})", fontsize=8,
-                     color="red" if wrong else "black")
-        if wrong:
+    for ax, image, title, bad in zip(axes, images, titles, wrong):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=8, color="red" if bad else "black")
+        if bad:
             ax.axis("on")
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_color("red")
                 spine.set_linewidth(3)
-    _save(fig, path)
+    return _save(fig, path)
+
+
+def class_counts(counts, path=None):
+    """Bar chart of images per class; `counts` maps a split name to `{class: count}`."""
+    names = list(next(iter(counts.values())))
+    fig = Figure(figsize=(max(4, 0.9 * len(names) + 2), 3.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(counts)
+    for i, (split, per_class) in enumerate(counts.items()):
+        x = np.arange(len(names)) + (i - (len(counts) - 1) / 2) * width
+        bars = ax.bar(x, [per_class.get(name, 0) for name in names], width, label=split)
+        ax.bar_label(bars, fontsize=8)
+    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("images")
+    ax.legend()
+    return _save(fig, path)
 
 
 def _save(fig, path):
-    with rundir.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    if path is not None:
+        with rundir.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    return fig
