@@ -1,0 +1,36 @@
+"""Executes every notebook in notebooks/ top to bottom on flowers-mini; any failing cell fails.
+
+The notebooks read their parameters from VISIONTUNE_* environment variables,
+which the kernel inherits from this process.
+"""
+
+import glob
+import os
+
+import pytest
+
+from conftest import FLOWERS
+
+nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat")
+
+NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(FLOWERS), reason=f"{FLOWERS} is not here")
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(NOTEBOOKS, "*.ipynb"))),
+                         ids=os.path.basename)
+def test_notebook_runs_top_to_bottom(path, monkeypatch, tmp_path):
+    monkeypatch.setenv("VISIONTUNE_DATA", FLOWERS)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.setenv("MPLBACKEND", "agg")  # No windows; `%matplotlib inline` still renders.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # What the notebooks save goes away after.
+    notebook = nbformat.read(path, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \
+        f"{path} is stored with outputs; clear them before committing"
+    parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1, f"{path} needs exactly one cell tagged 'parameters'"
+    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": NOTEBOOKS}})
+    client.execute()  # Raises CellExecutionError, with the cell and traceback, on failure.
