@@ -253,6 +253,23 @@ def main():
               f"{tune / base['finetune']:>6.2f} {head + tune:>8.1f} {total_ratio:>6.2f} "
               f"{rate['head']:>8.1f} {rate['finetune']:>8.1f} {inputs[name]:>11.0f} "
               f"{peak:>7.2f}GB {acc:>7.3f}")
+    if args.repeats_runs > 1:
+        # Rounds share the machine's state, so the ratio within each round, then the median
+        # over rounds, is less noisy than the ratio of the medians above.
+        print("\nMedian over rounds of the ratio to the baseline in the same round "
+              "(phase 1, phase 2, total):")
+        for name in variants:
+            if name == "baseline":
+                continue
+            paired = []
+            for run, ref in zip(results[name], results["baseline"]):
+                t, b = run[0], ref[0]
+                paired.append((t["head"] / b["head"], t["finetune"] / b["finetune"],
+                               (t["head"] + t["finetune"]) / (b["head"] + b["finetune"])))
+            medians = [statistics.median(column) for column in zip(*paired)]
+            rounds = "; ".join(" ".join(f"{r:.3f}" for r in row) for row in paired)
+            print(f"  {name:<20} " + " ".join(f"{m:.3f}" for m in medians)
+                  + f"   (rounds: {rounds})")
     print("\nEpoch times, s (first run of each variant; the spread is this machine's noise):")
     for name in variants:
         seconds = results[name][0][1]
