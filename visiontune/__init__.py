@@ -7,18 +7,29 @@ Example:
 >>> history = visiontune.fine_tune(model, train_ds, val_ds)
 """
 
-from visiontune.backbones import BACKBONES, BackboneSpec, list_backbones
-from visiontune.classifier import build_classifier
-from visiontune.data import load_data, load_image_folder
-from visiontune.finetune import Phase, PhasedHistory, fine_tune
-from visiontune.freezing import (
+import warnings
+
+# `visiontune.interpolate` and `visiontune.lr_find` are functions, and also modules run
+# as `python -m visiontune.interpolate` / `-m visiontune.lr_find`. runpy warns when such a
+# module was imported (here, by this file) before it runs; nothing goes wrong, because
+# its main function does not depend on module state.
+warnings.filterwarnings("ignore", category=RuntimeWarning,
+                        message=r"'visiontune\.(interpolate|lr_find)' found in sys\.modules")
+
+from visiontune.backbones import BACKBONES, BackboneSpec, list_backbones  # noqa: E402
+from visiontune.classifier import build_classifier  # noqa: E402
+from visiontune.data import load_data, load_image_folder  # noqa: E402
+from visiontune.finetune import Phase, PhasedHistory, fine_tune  # noqa: E402
+from visiontune.freezing import (  # noqa: E402
     count_blocks,
     find_backbone,
     freeze_backbone,
     trainable_summary,
     unfreeze_top_blocks,
 )
-from visiontune.weights import WeightsUnavailableError
+from visiontune.interpolate import interpolate  # noqa: E402
+from visiontune.lr_find import lr_find  # noqa: E402
+from visiontune.weights import WeightsUnavailableError  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -33,9 +44,11 @@ __all__ = [
     "find_backbone",
     "fine_tune",
     "freeze_backbone",
+    "interpolate",
     "list_backbones",
     "load_data",
     "load_image_folder",
+    "lr_find",
     "trainable_summary",
     "unfreeze_top_blocks",
 ]

@@ -93,6 +93,12 @@ class TrainConfig:
                            "cosine decays to 0 after the warmup", choices=finetune.SCHEDULES)
     warmup_epochs: int = _field(_RECIPE["warmup_epochs"], "Schedule",
                                 "phase 2 linear warmup epochs (cosine only)")
+    lr_decay: float = _field(_RECIPE["lr_decay"], "Schedule",
+                             "phase 2 discriminative rates: each block below the top learns at "
+                             "this times the rate of the block above (1 = one rate)")
+    gradual_epochs: int = _field(_RECIPE["gradual_epochs"], "Schedule",
+                                 "gradual unfreezing: unfreeze one more block every this many "
+                                 "phase 2 epochs, from 1 up to --unfreeze-blocks (0 = off)")
     # Speed
     cache: str = _field(
         "auto", "Speed", "run the frozen part of the network once per phase and train the "
@@ -135,6 +141,8 @@ _RANGES = {
     "finetune_lr": (lambda v: v > 0, "above 0"),
     "unfreeze_blocks": (lambda v: v >= 0, "at least 0"),
     "warmup_epochs": (lambda v: v >= 0, "at least 0"),
+    "lr_decay": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
+    "gradual_epochs": (lambda v: v >= 0, "at least 0"),
     "hidden_units": (lambda v: all(u >= 1 for u in v), "positive integers"),
 }
 

@@ -3,15 +3,34 @@
 import numpy as np
 
 
-def predict(model, dataset, verbose=0):
+TTA = ("none", "flip")
+
+
+def probabilities(model, images, tta="none"):
+    """Returns class probabilities for images, averaged over test-time augmentations.
+
+    `tta="flip"` averages the predictions for each image and its horizontal
+    mirror, a view every augmentation preset also trains on.
+    """
+    if tta not in TTA:
+        raise ValueError(f"Expected --tta in {TTA}. Received: {tta!r}")
+    images = np.asarray(images, dtype=np.float32)
+    probs = model.predict(images, batch_size=64, verbose=0)
+    if tta == "flip":
+        probs = (probs + model.predict(images[:, :, ::-1], batch_size=64, verbose=0)) / 2
+    return probs
+
+
+def predict(model, dataset, verbose=0, tta="none"):
     """Returns `(images, labels, probabilities)` over a batched `(images, labels)` dataset.
 
     One-hot (mixed) labels are turned back into class indices. Images are
-    kept as uint8 for plotting.
+    kept as uint8 for plotting. `tta` as in `probabilities`.
     """
     images, labels, probs = [], [], []
     for x, y in dataset:
-        probs.append(model.predict_on_batch(x))
+        probs.append(model.predict_on_batch(x) if tta == "none"
+                     else probabilities(model, x, tta))
         y = np.asarray(y)
         labels.append(y.argmax(axis=-1) if y.ndim == 2 else y)
         images.append(np.asarray(x).clip(0, 255).astype(np.uint8))

@@ -31,6 +31,7 @@ class Phase:
     optimizer: str = "adam"
     schedule: str = "constant"
     warmup_epochs: int = 0
+    lr_decay: float = 1.0
 
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, np.integer)) \
@@ -44,6 +45,8 @@ class Phase:
                              f"Received: {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Expected `schedule` in {SCHEDULES}. Received: {self.schedule!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"Expected `lr_decay` in (0, 1]. Received: {self.lr_decay!r}")
         if self.epochs and not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"Expected `warmup_epochs` between 0 and {self.epochs}. "
                              f"Received: {self.warmup_epochs!r}")
@@ -52,7 +55,8 @@ class Phase:
 # Defaults measured on flowers-mini with EfficientNet-Lite0 (see README, "Defaults").
 def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_epochs=10,
               finetune_lr=3e-5, unfreeze_blocks=2, optimizer="adam", finetune_optimizer=None,
-              schedule="cosine", warmup_epochs=1, class_weight=None, callbacks=None,
+              schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0,
+              class_weight=None, callbacks=None,
               cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
               backup_dir=None, jit_compile=False, verbose="auto"):
     """Fine-tunes a classifier in two phases and returns one merged history.
@@ -77,6 +81,14 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
         schedule: Phase 2 rate: `"cosine"` decay to zero after the warmup, or
             `"constant"`.
         warmup_epochs: Phase 2 linear warmup epochs before the cosine decay.
+        lr_decay: Discriminative rates in phase 2: the head and the top block
+            learn at `finetune_lr`, and each block below at `lr_decay` times
+            the rate of the block above it. 1 gives every block the same rate.
+        gradual_epochs: Gradual unfreezing (ULMFiT) when above 0: phase 2
+            unfreezes the top block for `gradual_epochs` epochs, then one
+            more block every `gradual_epochs` epochs, and trains all
+            `unfreeze_blocks` blocks for the rest of its `finetune_epochs`.
+            Each stage is a phase of its own, `finetune-1`, `finetune-2`, ...
         class_weight: Passed to `fit`.
         callbacks: Keras callbacks, passed to both phases. They always see the
             whole classifier as `self.model`, also when a phase trains on
@@ -114,11 +126,10 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
     >>> history.history["phase"][-1]
     'finetune'
     """
-    phases = [
-        Phase("head", head_epochs, head_lr, 0, optimizer),
-        Phase("finetune", finetune_epochs, finetune_lr, unfreeze_blocks,
-              finetune_optimizer or optimizer, schedule, warmup_epochs),
-    ]
+    phases = [Phase("head", head_epochs, head_lr, 0, optimizer),
+              *finetune_phases(finetune_epochs, finetune_lr, unfreeze_blocks,
+                               finetune_optimizer or optimizer, schedule, warmup_epochs,
+                               lr_decay, gradual_epochs)]
     if isinstance(cache_copies, bool) or not isinstance(cache_copies, (int, np.integer)) \
             or cache_copies < 1:
         raise ValueError(f"Expected `cache_copies` to be an integer >= 1. "
@@ -138,6 +149,24 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
                   jit_compile=jit_compile,
                   verbose=verbose)
     return history
+
+
+def finetune_phases(epochs, learning_rate, unfreeze_blocks, optimizer="adam",
+                    schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0):
+    """Phase 2 as one `Phase`, or with `gradual_epochs` as one stage per unfrozen block."""
+    if not gradual_epochs:
+        return [Phase("finetune", epochs, learning_rate, unfreeze_blocks, optimizer, schedule,
+                      warmup_epochs, lr_decay)]
+    last = epochs - gradual_epochs * (unfreeze_blocks - 1)
+    if unfreeze_blocks < 1 or last < 1:
+        raise ValueError(
+            f"Gradual unfreezing of {unfreeze_blocks} blocks, {gradual_epochs} epochs each "
+            f"before the last, needs finetune_epochs > {gradual_epochs * (unfreeze_blocks - 1)}."
+            f" Received: finetune_epochs={epochs}. Raise it, or lower gradual_epochs.")
+    return [Phase(f"finetune-{n}", gradual_epochs if n < unfreeze_blocks else last,
+                  learning_rate, n, optimizer, schedule, warmup_epochs if n == 1 else 0,
+                  lr_decay)
+            for n in range(1, unfreeze_blocks + 1)]
 
 
 def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight=None,
@@ -181,8 +210,13 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
             val = val if val is None else caching.cache(plan, val, shuffle=False,
                                                         name=f"{phase.name}-val", **common)
             trainer, callbacks = plan.trainer, [_OnFullModel(c, model) for c in callbacks]
-        compile_for_phase(trainer, phase, _steps_per_epoch(train), _sparse_labels(train),
-                          jit_compile=jit_compile, multi_label=_multi_label(model))
+        steps = _steps_per_epoch(train)
+        # Per-block rates are found from the whole classifier; a cached trainer shares its
+        # variables but not its block structure.
+        optimizer = (discriminative_optimizer(model, phase, steps) if phase.lr_decay != 1
+                     else None)
+        compile_for_phase(trainer, phase, steps, _sparse_labels(train), jit_compile=jit_compile,
+                          multi_label=_multi_label(model), optimizer=optimizer)
         start = len(history.epoch)
         callbacks.append(keras.callbacks.TerminateOnNaN())
         finished = []
@@ -283,8 +317,8 @@ class TrainingDivergedError(RuntimeError):
 
 
 def compile_for_phase(model, phase, steps_per_epoch=None, sparse_labels=True,
-                      jit_compile=False, multi_label=None):
-    """Compiles `model` with the phase's optimizer and a loss that fits its output."""
+                      jit_compile=False, multi_label=None, optimizer=None):
+    """Compiles `model` with the phase's optimizer (or `optimizer`) and a fitting loss."""
     if multi_label is None:
         multi_label = _multi_label(model)
     if multi_label:
@@ -293,13 +327,16 @@ def compile_for_phase(model, phase, steps_per_epoch=None, sparse_labels=True,
         loss = keras.losses.SparseCategoricalCrossentropy()
     else:
         loss = keras.losses.CategoricalCrossentropy()
-    model.compile(optimizer=make_optimizer(phase, steps_per_epoch), loss=loss,
+    if optimizer is None:
+        optimizer = (make_optimizer(phase, steps_per_epoch) if phase.lr_decay == 1
+                     else discriminative_optimizer(model, phase, steps_per_epoch))
+    model.compile(optimizer=optimizer, loss=loss,
                   metrics=["accuracy"], jit_compile=jit_compile)
 
 
-def make_optimizer(phase, steps_per_epoch=None):
-    """Returns a fresh Keras optimizer for `phase`, with its learning-rate schedule."""
-    rate = learning_rate(phase, steps_per_epoch)
+def make_optimizer(phase, steps_per_epoch=None, rate=None):
+    """Returns a fresh Keras optimizer for `phase`, with its schedule or the given `rate`."""
+    rate = learning_rate(phase, steps_per_epoch) if rate is None else rate
     if phase.optimizer == "sgd":
         return keras.optimizers.SGD(rate, momentum=0.9)
     if phase.optimizer == "adamw":
@@ -307,6 +344,34 @@ def make_optimizer(phase, steps_per_epoch=None):
     if phase.optimizer == "rmsprop":
         return keras.optimizers.RMSprop(rate)
     return keras.optimizers.Adam(rate)
+
+
+def discriminative_optimizer(model, phase, steps_per_epoch=None):
+    """One optimizer per backbone block: rates fall by `phase.lr_decay` per block downward.
+
+    The head and the top block learn at the phase's rate, the next block at
+    `lr_decay` times that, and so on. Keras's `MultiOptimizer` routes each
+    variable to its block's optimizer; the variables are the classifier's, so
+    this also serves a cached trainer, which shares them.
+    """
+    if not hasattr(keras.optimizers, "MultiOptimizer"):
+        raise ValueError(f"lr_decay={phase.lr_decay} needs keras.optimizers.MultiOptimizer, "
+                         f"which Keras {keras.__version__} lacks. Upgrade Keras "
+                         "(pip install -U keras), or use lr_decay=1.")
+    blocks = freezing._blocks(freezing.find_backbone(model), None)
+    depth = {id(v): d for d, block in enumerate(reversed(blocks))
+             for layer in block.layers for v in layer.weights}
+    optimizers = {}
+
+    def select(variable):
+        d = depth.get(id(variable), 0)  # Head variables learn at the top block's rate.
+        if d not in optimizers:
+            rate = phase.learning_rate * phase.lr_decay ** d
+            optimizers[d] = make_optimizer(dataclasses.replace(phase, learning_rate=rate),
+                                           steps_per_epoch)
+        return optimizers[d]
+
+    return keras.optimizers.MultiOptimizer(select)
 
 
 def learning_rate(phase, steps_per_epoch=None):

@@ -104,3 +104,32 @@ def _save(fig, path):
         with rundir.atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
     return fig
+
+
+def lr_sweep(learning_rates, losses, suggestion=None, path=None):
+    """Plots the learning-rate finder's smoothed loss against the rate (log scale)."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(learning_rates, losses)
+    if suggestion is not None:
+        ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.2g}")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    return _save(fig, path)
+
+
+def interpolation(rows, best_alpha=None, path=None):
+    """Plots clean and shifted validation accuracy against the interpolation weight alpha."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    alphas = [r["alpha"] for r in rows]
+    for key in ("clean", "shifted"):
+        ax.plot(alphas, [r[key] for r in rows], marker="o", label=f"{key} validation")
+    if best_alpha is not None:
+        ax.axvline(best_alpha, color="grey", linestyle=":", label=f"saved: alpha {best_alpha:g}")
+    ax.set_xlabel("alpha (0: after phase 1, 1: fine-tuned)")
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    return _save(fig, path)

@@ -5,7 +5,7 @@ import csv
 import json
 import sys
 
-from visiontune import images, serving
+from visiontune import evaluation, images, serving
 
 
 def main(argv=None):
@@ -17,6 +17,8 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image")
     parser.add_argument("--format", choices=("text", "csv", "json"), default="text")
     parser.add_argument("--output", help="write here instead of standard output")
+    parser.add_argument("--tta", choices=evaluation.TTA, default="none",
+                        help="test-time augmentation: flip averages each image with its mirror")
     args = parser.parse_args(argv)
     try:
         model, class_names, resize = serving.load_run(args.run_dir)
@@ -29,7 +31,8 @@ def main(argv=None):
         return 2
     if bad:
         print(images.format_bad_files(bad), file=sys.stderr)
-    ranked = serving.top_k(model.predict(pixels, verbose=0), class_names, args.top_k)
+    ranked = serving.top_k(evaluation.probabilities(model, pixels, args.tta), class_names,
+                           args.top_k)
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
         _write(out, args.format, paths, ranked)

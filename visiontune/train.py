@@ -16,6 +16,7 @@ import tensorflow as tf
 import visiontune
 from visiontune import (classifier, config as config_lib, data, evaluation, finetune, freezing,
                         images, plots, rundir)
+from visiontune.interpolate import START_WEIGHTS
 
 
 def run(config, callbacks=None):
@@ -110,6 +111,7 @@ def _train(config, out, cache, callbacks, say):
             finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr,
             unfreeze_blocks=config.unfreeze_blocks, optimizer=config.optimizer,
             schedule=config.schedule, warmup_epochs=config.warmup_epochs,
+            lr_decay=config.lr_decay, gradual_epochs=config.gradual_epochs,
             cache=cache, cache_dir=os.path.join(out, "cache"),
             cache_copies=config.cache_copies, seed=config.seed,
             backup_dir=os.path.join(out, "backup"), jit_compile=config.jit_compile,
@@ -124,6 +126,9 @@ def _train(config, out, cache, callbacks, say):
     metrics = _final_metrics(model, splits, history, out)
     metrics["settings"] = {"precision": config.precision, "jit_compile": config.jit_compile}
     _write_artifacts(out, model, splits, history, metrics)
+    after_head = os.path.join(out, "backup", START_WEIGHTS)
+    if os.path.exists(after_head):  # Kept for `python -m visiontune.interpolate`.
+        os.replace(after_head, os.path.join(out, START_WEIGHTS))
     for scratch in ("backup", "cache"):  # Resume state and caches are no longer needed.
         shutil.rmtree(os.path.join(out, scratch), ignore_errors=True)
     say(f"val_accuracy {metrics['val_accuracy']:.4f}, val_loss {metrics['val_loss']:.4f}")

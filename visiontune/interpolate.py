@@ -1,0 +1,181 @@
+"""Weight interpolation between the start and the end of fine-tuning (WiSE-FT).
+
+Fine-tuning can cost robustness to distribution shift. Linearly interpolating
+the fine-tuned weights with the starting ones recovers much of it while
+keeping most of the in-distribution accuracy (Wortsman et al., "Robust
+fine-tuning of zero-shot models", CVPR 2022). The starting model here is the
+one after phase 1: the pretrained backbone with the trained head. Keras has no
+such function; it is one weighted sum per variable.
+
+`python -m visiontune.interpolate RUN_DIR --alphas 0,0.25,0.5,0.75,1` sweeps
+alpha for a finished run. It scores each model on the run's validation images
+and on a shifted copy of them (fixed corruptions: blur, noise, low contrast,
+JPEG), writes a table and a plot into the run, and saves the best model for
+`--select`. The run keeps its weights after phase 1 for this
+(`after-head.weights.npz`).
+"""
+
+import argparse
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from visiontune import config as config_lib, data, evaluation, rundir, serving
+
+START_WEIGHTS = "after-head.weights.npz"
+CORRUPTIONS = ("blur", "noise", "contrast", "jpeg")
+
+
+def interpolate(start_model, finetuned_model, alpha):
+    """Returns a new model with weights `(1 - alpha) * start + alpha * finetuned`.
+
+    Args:
+        start_model: The model before fine-tuning (after phase 1).
+        finetuned_model: The same architecture after fine-tuning (phase 2).
+        alpha: 0 gives the start model's weights, 1 the fine-tuned model's;
+            values in between mix them. Values outside [0, 1] extrapolate.
+
+    Returns:
+        A new `keras.Model`, a clone of `finetuned_model` with the mixed
+        weights. Neither input is changed.
+
+    Example:
+
+    >>> half = visiontune.interpolate(after_phase_1, after_phase_2, 0.5)
+    """
+    start, end = start_model.weights, finetuned_model.weights
+    if len(start) != len(end):
+        raise ValueError(
+            f"Cannot interpolate: start_model has {len(start)} weights and finetuned_model "
+            f"has {len(end)}. Pass two versions of the same architecture, e.g. one run's "
+            "model after phase 1 and after phase 2.")
+    for a, b in zip(start, end):
+        if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+            raise ValueError(
+                f"Cannot interpolate: weight {a.path!r} of start_model is {a.dtype} "
+                f"{tuple(a.shape)}, but its counterpart {b.path!r} in finetuned_model is "
+                f"{b.dtype} {tuple(b.shape)}. Pass two versions of the same architecture.")
+    alpha = float(alpha)
+    mixed = []
+    for a, b in zip(start, end):
+        a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        # Integer state (e.g. random-seed counters) is taken from the fine-tuned model.
+        mixed.append((1 - alpha) * a + alpha * b if np.issubdtype(b.dtype, np.floating)
+                     else b)
+    model = keras.models.clone_model(finetuned_model)
+    for variable, value in zip(model.weights, mixed):
+        variable.assign(value.astype(variable.dtype))
+    return model
+
+
+def corrupt(pixels, seed=0):
+    """Returns a shifted copy of uint8 images: image i gets corruption `CORRUPTIONS[i % 4]`.
+
+    Gaussian blur (sigma 2), Gaussian noise (std 25, seeded), contrast cut to
+    40%, and JPEG quality 10: fixed, so every model is scored on the same images.
+    """
+    x = tf.constant(pixels, tf.float32)
+    radius = 4
+    taps = tf.exp(-tf.range(-radius, radius + 1, dtype=tf.float32) ** 2 / (2 * 2.0 ** 2))
+    kernel = taps[:, None] * taps[None, :]
+    kernel = tf.tile((kernel / tf.reduce_sum(kernel))[:, :, None, None], [1, 1, 3, 1])
+    blurred = tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [radius] * 2, [radius] * 2, [0, 0]],
+                                            "REFLECT"), kernel, [1, 1, 1, 1], "VALID")
+    noisy = x + tf.random.stateless_normal(tf.shape(x), seed=[seed, 0], stddev=25.0)
+    low_contrast = tf.image.adjust_contrast(x, 0.4)
+    out = []
+    for i, image in enumerate(np.asarray(pixels, np.uint8)):
+        kind = CORRUPTIONS[i % len(CORRUPTIONS)]
+        if kind == "jpeg":  # uint8 in, uint8 out.
+            out.append(tf.cast(tf.image.adjust_jpeg_quality(image, 10), tf.float32))
+        else:
+            out.append({"blur": blurred, "noise": noisy, "contrast": low_contrast}[kind][i])
+    return np.clip(np.round(np.stack(out)), 0, 255).astype(np.uint8)
+
+
+def sweep(run_dir, alphas, select="mean", verbose=True):
+    """Scores `interpolate(after phase 1, final, alpha)` for each alpha; returns the rows.
+
+    Writes `interpolation.json`, `interpolation.png` and, for the alpha with the
+    best `select` score (`"clean"`, `"shifted"`, or their `"mean"`),
+    `interpolated.keras` into `run_dir`.
+    """
+    if select not in ("clean", "shifted", "mean"):
+        raise ValueError(f"Expected --select clean, shifted or mean. Received: {select!r}")
+    finetuned, class_names, resize = serving.load_run(run_dir)
+    start = _start_model(run_dir, finetuned)
+    config = config_lib.load_yaml(os.path.join(run_dir, "config.yaml"))
+    size = finetuned.input_shape[1:3]
+    splits = data.load_data(config.get("data", "builtin:digits"), size,
+                            validation_split=config.get("validation_split", 0.2),
+                            seed=config.get("seed", 0), val_source=config.get("val_data"),
+                            resize=resize, split_file=os.path.join(run_dir, "split.json"),
+                            verbose=False)
+    pixels, labels, _ = evaluation.predict(finetuned, splits.val)
+    shifted = corrupt(pixels)
+    rows = []
+    for alpha in alphas:
+        model = interpolate(start, finetuned, alpha)
+        row = {"alpha": float(alpha)}
+        for name, images in (("clean", pixels), ("shifted", shifted)):
+            predicted = model.predict(images.astype(np.float32), verbose=0).argmax(axis=1)
+            row[name] = float(np.mean(predicted == labels))
+        row["mean"] = (row["clean"] + row["shifted"]) / 2
+        rows.append(row)
+        if verbose:
+            print(f"alpha {alpha:<5g} clean {row['clean']:.3f}  shifted {row['shifted']:.3f}")
+    best = max(rows, key=lambda r: r[select])
+    rundir.save_model(interpolate(start, finetuned, best["alpha"]),
+                      os.path.join(run_dir, "interpolated.keras"))
+    rundir.write_json(os.path.join(run_dir, "interpolation.json"), {
+        "rows": rows, "select": select, "best_alpha": best["alpha"], "images": len(labels),
+        "corruptions": list(CORRUPTIONS),
+        "note": "alpha is chosen on the same validation images it is scored on"})
+    from visiontune import plots  # Here, so `import visiontune` does not load matplotlib.
+
+    plots.interpolation(rows, best["alpha"], os.path.join(run_dir, "interpolation.png"))
+    return rows, best
+
+
+def _start_model(run_dir, finetuned):
+    path = os.path.join(run_dir, START_WEIGHTS)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path!r} not found: the run has no weights from after phase 1. Runs keep them "
+            "when phase 1 ran (head_epochs > 0) with this version of visiontune; train the "
+            "run again to sweep it.")
+    start = keras.models.clone_model(finetuned)
+    with np.load(path) as saved:
+        start.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
+    return start
+
+
+def main(argv=None):
+    """Entry point of `python -m visiontune.interpolate`."""
+    parser = argparse.ArgumentParser(prog="python -m visiontune.interpolate",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a finished run directory")
+    parser.add_argument("--alphas", default="0,0.25,0.5,0.75,1",
+                        help="comma-separated weights of the fine-tuned model")
+    parser.add_argument("--select", default="mean", choices=("clean", "shifted", "mean"),
+                        help="which accuracy picks the saved model")
+    args = parser.parse_args(argv)
+    try:
+        alphas = [float(a) for a in args.alphas.split(",")]
+    except ValueError:
+        parser.error(f"--alphas: expected numbers separated by commas. Received: {args.alphas!r}")
+    try:
+        rows, best = sweep(args.run_dir, alphas, args.select)
+    except (ValueError, OSError) as error:
+        print(f"visiontune.interpolate: error: {error}", file=sys.stderr)
+        return 2
+    print(f"Best alpha by {args.select} accuracy: {best['alpha']:g}; saved "
+          f"{os.path.join(args.run_dir, 'interpolated.keras')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
