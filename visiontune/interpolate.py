@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from visiontune import config as config_lib, data, evaluation, rundir, serving
+from visiontune import config as config_lib, data, finetune, rundir, serving
 
 START_WEIGHTS = "after-head.weights.npz"
 CORRUPTIONS = ("blur", "noise", "contrast", "jpeg")
@@ -106,6 +106,9 @@ def sweep(run_dir, alphas, select="mean", verbose=True):
     if select not in ("clean", "shifted", "mean"):
         raise ValueError(f"Expected --select clean, shifted or mean. Received: {select!r}")
     finetuned, class_names, resize = serving.load_run(run_dir)
+    if finetune._multi_label(finetuned):
+        raise ValueError(f"{run_dir!r} is a multi-label run; the sweep scores single-label "
+                         "accuracy (argmax) and cannot rank its alphas.")
     start = _start_model(run_dir, finetuned)
     config = config_lib.load_yaml(os.path.join(run_dir, "config.yaml"))
     size = finetuned.input_shape[1:3]
@@ -114,7 +117,9 @@ def sweep(run_dir, alphas, select="mean", verbose=True):
                             seed=config.get("seed", 0), val_source=config.get("val_data"),
                             resize=resize, split_file=os.path.join(run_dir, "split.json"),
                             verbose=False)
-    pixels, labels, _ = evaluation.predict(finetuned, splits.val)
+    batches = [(np.asarray(x), np.asarray(y)) for x, y in splits.val]  # No model pass.
+    pixels = np.concatenate([x for x, _ in batches]).clip(0, 255).astype(np.uint8)
+    labels = np.concatenate([y for _, y in batches])
     shifted = corrupt(pixels)
     rows = []
     for alpha in alphas:
