@@ -16,6 +16,7 @@ import warnings
 warnings.filterwarnings("ignore", category=RuntimeWarning,
                         message=r"'visiontune\.(interpolate|lr_find)' found in sys\.modules")
 
+from visiontune.adapters import enable_lora, merge_lora  # noqa: E402
 from visiontune.backbones import BACKBONES, BackboneSpec, list_backbones  # noqa: E402
 from visiontune.classifier import build_classifier  # noqa: E402
 from visiontune.data import load_data, load_image_folder  # noqa: E402
@@ -41,6 +42,7 @@ __all__ = [
     "WeightsUnavailableError",
     "build_classifier",
     "count_blocks",
+    "enable_lora",
     "find_backbone",
     "fine_tune",
     "freeze_backbone",
@@ -49,6 +51,7 @@ __all__ = [
     "load_data",
     "load_image_folder",
     "lr_find",
+    "merge_lora",
     "trainable_summary",
     "unfreeze_top_blocks",
 ]

@@ -82,8 +82,17 @@ class TrainConfig:
     finetune_epochs: int = _field(
         _RECIPE["finetune_epochs"], "Schedule", "phase 2 epochs: top blocks unfrozen "
                                                 "(0 skips phase 2)")
-    finetune_lr: float = _field(_RECIPE["finetune_lr"], "Schedule",
-                                "phase 2 peak learning rate")
+    method: str = _field(
+        _RECIPE["method"], "Schedule", "what phase 2 trains in the top --unfreeze-blocks "
+        "blocks: two-phase = their weights (BatchNorm frozen); bn-bias = only BatchNorm "
+        "scales/offsets and biases (BitFit); lora = only LoRA adapters, merged into the "
+        "kernels on save; linear-probe = nothing, phase 1 only", choices=finetune.METHODS)
+    lora_rank: int = _field(_RECIPE["lora_rank"], "Schedule", "rank of the LoRA adapters "
+                            "(--method lora)")
+    finetune_lr: typing.Optional[float] = _field(
+        _RECIPE["finetune_lr"], "Schedule", "phase 2 peak learning rate (default: per "
+        "method, " + ", ".join(f"{k} {v:g}" for k, v in finetune.FINETUNE_LR.items() if v)
+        + ")")
     unfreeze_blocks: int = _field(
         _RECIPE["unfreeze_blocks"], "Schedule", "backbone blocks to unfreeze in phase 2, "
                                                 "counted from the top; BatchNorm stays frozen")
@@ -138,7 +147,9 @@ _RANGES = {
     "head_epochs": (lambda v: v >= 0, "at least 0"),
     "finetune_epochs": (lambda v: v >= 0, "at least 0"),
     "head_lr": (lambda v: v > 0, "above 0"),
-    "finetune_lr": (lambda v: v > 0, "above 0"),
+    "finetune_lr": (lambda v: v is None or v > 0, "above 0 (or null for the method's "
+                                                  "default)"),
+    "lora_rank": (lambda v: v >= 1, "at least 1"),
     "unfreeze_blocks": (lambda v: v >= 0, "at least 0"),
     "warmup_epochs": (lambda v: v >= 0, "at least 0"),
     "lr_decay": (lambda v: 0 < v <= 1, "above 0 and at most 1"),

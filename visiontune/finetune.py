@@ -14,10 +14,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from visiontune import caching, freezing, resume
+from visiontune import adapters, caching, freezing, resume
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
+# What phase 2 trains: the top blocks' weights, only their BatchNorm affine parameters and
+# biases, only LoRA adapters on them, or nothing (phase 1 alone is a linear probe).
+METHODS = ("two-phase", "bn-bias", "lora", "linear-probe")
+# Phase 2 peak rates per method, measured on flowers-mini with EfficientNet-Lite0 (README,
+# "Methods"): adapters start at zero and BitFit moves few parameters, so both need more.
+FINETUNE_LR = {"two-phase": 3e-5, "bn-bias": 1e-3, "lora": 1e-3, "linear-probe": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,8 @@ class Phase:
     schedule: str = "constant"
     warmup_epochs: int = 0
     lr_decay: float = 1.0
+    method: str = "unfreeze"
+    lora_rank: int = 8
 
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, np.integer)) \
@@ -47,6 +55,9 @@ class Phase:
             raise ValueError(f"Expected `schedule` in {SCHEDULES}. Received: {self.schedule!r}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"Expected `lr_decay` in (0, 1]. Received: {self.lr_decay!r}")
+        if self.method not in freezing.METHODS:
+            raise ValueError(f"Expected `method` in {freezing.METHODS}. "
+                             f"Received: {self.method!r}")
         if self.epochs and not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"Expected `warmup_epochs` between 0 and {self.epochs}. "
                              f"Received: {self.warmup_epochs!r}")
@@ -54,8 +65,9 @@ class Phase:
 
 # Defaults measured on flowers-mini with EfficientNet-Lite0 (see README, "Defaults").
 def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_epochs=10,
-              finetune_lr=3e-5, unfreeze_blocks=2, optimizer="adam", finetune_optimizer=None,
+              finetune_lr=None, unfreeze_blocks=2, optimizer="adam", finetune_optimizer=None,
               schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0,
+              method="two-phase", lora_rank=8,
               class_weight=None, callbacks=None,
               cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
               backup_dir=None, jit_compile=False, verbose="auto"):
@@ -74,8 +86,9 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
         head_epochs: Phase 1 epochs; 0 skips the phase.
         head_lr: Phase 1 learning rate.
         finetune_epochs: Phase 2 epochs; 0 skips the phase.
-        finetune_lr: Phase 2 (peak) learning rate.
-        unfreeze_blocks: Top blocks to unfreeze in phase 2.
+        finetune_lr: Phase 2 (peak) learning rate; default `FINETUNE_LR[method]`.
+        unfreeze_blocks: Top blocks to unfreeze in phase 2 (or to give
+            adapters, or whose BatchNorm and biases train).
         optimizer: `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9), or `"rmsprop"`.
         finetune_optimizer: Phase 2 optimizer; defaults to `optimizer`.
         schedule: Phase 2 rate: `"cosine"` decay to zero after the warmup, or
@@ -89,6 +102,15 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
             more block every `gradual_epochs` epochs, and trains all
             `unfreeze_blocks` blocks for the rest of its `finetune_epochs`.
             Each stage is a phase of its own, `finetune-1`, `finetune-2`, ...
+        method: What phase 2 trains in the top `unfreeze_blocks` blocks.
+            `"two-phase"`: all their weights except BatchNorm's.
+            `"bn-bias"` (BitFit): only BatchNorm scales and offsets and the
+            biases; BatchNorm keeps normalising with its moving statistics.
+            `"lora"`: only LoRA adapters of rank `lora_rank` on their `Conv2D`
+            and `Dense` layers (see `adapters.py`); the model then carries
+            adapters, and `merge_lora` (which `save_model` and `export` call)
+            folds them into plain kernels. `"linear-probe"`: no phase 2.
+        lora_rank: Rank of the LoRA adapters.
         class_weight: Passed to `fit`.
         callbacks: Keras callbacks, passed to both phases. They always see the
             whole classifier as `self.model`, also when a phase trains on
@@ -126,10 +148,15 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
     >>> history.history["phase"][-1]
     'finetune'
     """
-    phases = [Phase("head", head_epochs, head_lr, 0, optimizer),
-              *finetune_phases(finetune_epochs, finetune_lr, unfreeze_blocks,
-                               finetune_optimizer or optimizer, schedule, warmup_epochs,
-                               lr_decay, gradual_epochs)]
+    if method not in METHODS:
+        raise ValueError(f"Expected `method` in {METHODS}. Received: {method!r}")
+    phases = [Phase("head", head_epochs, head_lr, 0, optimizer)]
+    if method != "linear-probe":
+        phases += finetune_phases(
+            finetune_epochs, finetune_lr or FINETUNE_LR[method], unfreeze_blocks,
+            finetune_optimizer or optimizer, schedule, warmup_epochs, lr_decay,
+            gradual_epochs, method="unfreeze" if method == "two-phase" else method,
+            lora_rank=lora_rank)
     if isinstance(cache_copies, bool) or not isinstance(cache_copies, (int, np.integer)) \
             or cache_copies < 1:
         raise ValueError(f"Expected `cache_copies` to be an integer >= 1. "
@@ -138,6 +165,10 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
     for phase in phases:
         freezing.check_block_count(model, phase.unfreeze_blocks)  # Fail before any training.
     journal = resume.Journal(backup_dir) if backup_dir else None
+    if journal:
+        for phase in phases:
+            if phase.name in journal.completed() and phase.method == "lora":
+                adapters.enable_lora(model, phase.unfreeze_blocks, phase.lora_rank)
     done = journal.restore(model, history) if journal else []
     if done and verbose != 0:
         print(f"Resuming after the {' and '.join(done)} phase ({len(history.epoch)} epochs) "
@@ -152,11 +183,12 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
 
 
 def finetune_phases(epochs, learning_rate, unfreeze_blocks, optimizer="adam",
-                    schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0):
+                    schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0,
+                    method="unfreeze", lora_rank=8):
     """Phase 2 as one `Phase`, or with `gradual_epochs` as one stage per unfrozen block."""
     if not gradual_epochs:
         return [Phase("finetune", epochs, learning_rate, unfreeze_blocks, optimizer, schedule,
-                      warmup_epochs, lr_decay)]
+                      warmup_epochs, lr_decay, method, lora_rank)]
     last = epochs - gradual_epochs * (unfreeze_blocks - 1)
     if unfreeze_blocks < 1 or last < 1:
         raise ValueError(
@@ -165,7 +197,7 @@ def finetune_phases(epochs, learning_rate, unfreeze_blocks, optimizer="adam",
             f" Received: finetune_epochs={epochs}. Raise it, or lower gradual_epochs.")
     return [Phase(f"finetune-{n}", gradual_epochs if n < unfreeze_blocks else last,
                   learning_rate, n, optimizer, schedule, warmup_epochs if n == 1 else 0,
-                  lr_decay)
+                  lr_decay, method, lora_rank)
             for n in range(1, unfreeze_blocks + 1)]
 
 
@@ -180,7 +212,10 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
     resumed (see `resume.py`).
     """
     began = time.perf_counter()
-    freezing.set_trainable_blocks(model, phase.unfreeze_blocks)
+    report = None
+    if phase.method == "lora":
+        report = adapters.enable_lora(model, phase.unfreeze_blocks, phase.lora_rank)
+    freezing.set_trainable_blocks(model, phase.unfreeze_blocks, method=phase.method)
     trainable = freezing.trainable_summary(model).trainable_params
     copies = cache_copies if phase.unfreeze_blocks == 0 else 1
     images = None
@@ -193,9 +228,13 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
     else:
         plan = caching.plan(model, phase.unfreeze_blocks, cache, images)
     if verbose != 0:
+        what = {"unfreeze": "unfrozen", "bn-bias": "with trainable BatchNorm and biases",
+                "lora": "with LoRA adapters"}[phase.method]
         print(f"Phase {phase.name}: {phase.epochs} epochs, top {phase.unfreeze_blocks} "
-              f"backbone blocks unfrozen, {trainable:,} trainable parameters, "
+              f"backbone blocks {what}, {trainable:,} trainable parameters, "
               f"{phase.optimizer} at {phase.learning_rate:g} ({phase.schedule}); {plan.reason}")
+        if report:
+            print(f"  {report}")
     with contextlib.ExitStack() as scratch:
         if plan.mode == "disk" and cache_dir is None:  # Removed when the phase ends.
             cache_dir = scratch.enter_context(tempfile.TemporaryDirectory(
@@ -423,7 +462,7 @@ class PhasedHistory(keras.callbacks.History):
             past.extend(logs.get(key, [math.nan] * n))
         self.history["phase"].extend([phase.name] * n)
         self.epoch.extend([e["epoch"] for e in finished] + list(result.epoch))
-        self.phases.append({"name": phase.name, "epochs": n,
+        self.phases.append({"name": phase.name, "method": phase.method, "epochs": n,
                             "trainable_params": trainable_params,
                             "wall_time_s": wall_time_s,
                             "cache": plan.mode if plan else "off",

@@ -2,7 +2,8 @@
 
 BatchNormalization layers stay frozen in every phase, which in Keras 3 also
 means inference mode: they normalise with their moving statistics, and those
-never change. On a few hundred images, batch statistics would wreck features
+never change. (The bn-bias method trains their scale and offset, and keeps
+them in inference mode by other means: see `_keep_in_inference_mode`.) On a few hundred images, batch statistics would wreck features
 learned on a million. (`training=False` alone does not ensure this in Keras 3;
 see `classifier.py`.)
 """
@@ -80,23 +81,80 @@ def check_block_count(model, n, block_patterns=None):
         )
 
 
-def set_trainable_blocks(model, n, block_patterns=None):
-    """Freezes all but the top `n` backbone blocks; the head is always trainable."""
+METHODS = ("unfreeze", "bn-bias", "lora")
+
+
+def set_trainable_blocks(model, n, block_patterns=None, method="unfreeze"):
+    """Freezes all but the top `n` backbone blocks; the head is always trainable.
+
+    Args:
+        model: A classifier from `build_classifier`.
+        n: Top blocks that train.
+        block_patterns: Override the registry's block grouping.
+        method: What trains in those blocks. `"unfreeze"`: every weight but
+            BatchNorm's. `"bn-bias"` (BitFit): only the BatchNorm scales and
+            offsets and the biases, with BatchNorm still in inference mode.
+            `"lora"`: only the LoRA adapters that `adapters.enable_lora` added.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Expected `method` in {METHODS}. Received: {method!r}")
     check_block_count(model, n, block_patterns)
     backbone = find_backbone(model)
     blocks = _blocks(backbone, block_patterns)
     model.trainable = True
     for layer in model.layers[: model.layers.index(backbone)]:
         layer.trainable = False  # The input normalisation is fixed.
+    for layer in all_layers(backbone):
+        for variable in getattr(layer, "_visiontune_frozen", ()):
+            variable.trainable = True  # Undo an earlier bn-bias or lora phase.
+        layer._visiontune_frozen = ()
     backbone.trainable = n > 0
     for i, block in enumerate(reversed(blocks)):
         for layer in block.layers:
             layer.trainable = i < n
+    top = {id(layer) for layer in top_block_layers(model, n, block_patterns)}
     for layer in all_layers(backbone):
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+            layer.trainable = method == "bn-bias" and id(layer) in top
+            if layer.trainable:
+                _keep_in_inference_mode(layer)
+        elif method != "unfreeze" and id(layer) in top:
+            keep = ([getattr(layer, "bias", None)] if method == "bn-bias" else
+                    [getattr(layer, "lora_kernel_a", None), getattr(layer, "lora_kernel_b", None)])
+            frozen = [v for v in layer.trainable_weights if not any(v is k for k in keep)]
+            for variable in frozen:
+                variable.trainable = False
+            layer._visiontune_frozen = tuple(frozen)
     for layer in head_layers(model):
         layer.trainable = True
+
+
+def top_block_layers(model, n, block_patterns=None):
+    """Returns the layers of the top `n` backbone blocks."""
+    blocks = _blocks(find_backbone(model), block_patterns)
+    return [layer for block in blocks[len(blocks) - n:] for layer in block.layers]
+
+
+def _keep_in_inference_mode(layer):
+    """Makes a trainable BatchNormalization normalise with its moving statistics.
+
+    Keras 3 runs a trainable BatchNormalization in training mode under `fit`
+    (batch statistics, moving averages updated), and the functional model
+    overrides a `training=False` given at construction. BitFit needs the
+    opposite: learn the scale and offset, keep the statistics. Keras has no
+    switch for that, so the layer's own `call` is wrapped, on this instance
+    only, to always pass `training=False`. Saving is unaffected: a saved and
+    reloaded layer is a plain BatchNormalization.
+    """
+    if getattr(layer, "_visiontune_inference_only", False):
+        return
+    call = type(layer).call
+
+    def call_in_inference_mode(inputs, training=None, mask=None):
+        return call(layer, inputs, training=False, mask=mask)
+
+    layer.call = call_in_inference_mode
+    layer._visiontune_inference_only = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,9 +8,12 @@ each phase compiles a new optimizer. So `Journal` adds what it lacks:
 - after each epoch, that epoch's logs (written before the backup, so the logs
   of epochs that will be replayed are dropped on restore);
 - after each phase, the model's weights and the merged history, so that a
-  resumed run skips finished phases and starts the next one from their end.
+  resumed run skips finished phases and starts the next one from their end;
+- for LoRA phases, the adapters themselves (see `_KeepAdapters`).
 """
 
+import glob
+import hashlib
 import json
 import os
 import time
@@ -18,7 +21,7 @@ import time
 import keras
 import numpy as np
 
-from visiontune import rundir
+from visiontune import adapters, rundir
 
 STATE = "state.json"
 
@@ -29,6 +32,14 @@ class Journal:
     def __init__(self, folder):
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
+
+    def completed(self):
+        """Names of the phases finished before, in order ([] for a new run)."""
+        try:
+            with open(os.path.join(self.folder, STATE), encoding="utf-8") as f:
+                return json.load(f)["completed"]
+        except FileNotFoundError:
+            return []
 
     def restore(self, model, history):
         """Loads the last finished phase into `model` and `history`; returns their names."""
@@ -46,8 +57,7 @@ class Journal:
     def callbacks(self, phase):
         """The per-epoch log and Keras's `BackupAndRestore` for `phase`, in that order."""
         return [_EpochLog(self._log_path(phase)),
-                keras.callbacks.BackupAndRestore(self._backup_dir(phase),
-                                                 double_checkpoint=True)]
+                _BackupAndRestore(self._backup_dir(phase), double_checkpoint=True)]
 
     def finished_epochs(self, phase, start):
         """Logs of the epochs of `phase` that `BackupAndRestore` will not replay."""
@@ -101,3 +111,64 @@ class _EpochLog(keras.callbacks.Callback):
         self.entries.append({"epoch": epoch, "seconds": time.perf_counter() - self.began,
                              "logs": {k: float(v) for k, v in (logs or {}).items()}})
         rundir.write_json(self.path, self.entries)
+
+
+class _BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's `BackupAndRestore`, which also keeps LoRA adapters (see `_KeepAdapters`)."""
+
+    def set_model(self, model):
+        super().set_model(_KeepAdapters(model) if adapters.lora_layers(model) else model)
+
+
+class _KeepAdapters:
+    """The model, whose weight files also keep its LoRA adapters as they are.
+
+    Keras saves a LoRA layer's weights with the update merged into the kernel,
+    and zeroes the adapters when it loads them. A restored LoRA phase would
+    then continue from A = B = 0, where both gradients are zero, and the
+    adapters would never learn again. So each weights file gets a companion
+    holding the raw kernels and adapters, named by the file's hash (Keras may
+    fall back to the previous file when the newest is damaged), and loading
+    puts them back.
+    """
+
+    def __init__(self, model):
+        object.__setattr__(self, "_model", model)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._model, name, value)
+
+    def _variables(self):
+        return [v for layer in adapters.lora_layers(self._model)
+                for v in (layer._kernel, layer.lora_kernel_a, layer.lora_kernel_b)]
+
+    def save_weights(self, filepath, overwrite=True, **kwargs):
+        self._model.save_weights(filepath, overwrite=overwrite, **kwargs)
+        folder, keep = os.path.dirname(filepath), _companion(filepath)
+        with rundir.atomic_path(keep) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, *[np.asarray(v) for v in self._variables()])
+        # Keep the companions of this file and of the previous one (double checkpoint).
+        for old in sorted(glob.glob(os.path.join(folder, "adapters-*.npz")),
+                          key=os.path.getmtime)[:-2]:
+            os.remove(old)
+
+    def load_weights(self, filepath, **kwargs):
+        self._model.load_weights(filepath, **kwargs)
+        keep = _companion(filepath)
+        if not os.path.exists(keep):
+            raise FileNotFoundError(
+                f"Cannot resume the LoRA phase: {keep}, the adapters that belong to {filepath},"
+                " is missing. Delete the backup folder to restart this phase.")
+        with np.load(keep) as saved:
+            for i, variable in enumerate(self._variables()):
+                variable.assign(saved[f"arr_{i}"])
+
+
+def _companion(weights_path):
+    with open(weights_path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    return os.path.join(os.path.dirname(weights_path), f"adapters-{digest}.npz")

@@ -13,6 +13,8 @@ import shutil
 import tempfile
 import time
 
+from visiontune import adapters
+
 
 def default_run_dir(backbone, root="runs"):
     """Returns `runs/<timestamp>-<backbone>`."""
@@ -106,6 +108,6 @@ def write_history_csv(path, history):
 
 
 def save_model(model, path):
-    """Saves `model` to a `.keras` file atomically."""
+    """Saves `model` to a `.keras` file atomically, with any LoRA adapters merged."""
     with atomic_path(path) as tmp:
-        model.save(tmp)
+        adapters.merge_lora(model).save(tmp)

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from visiontune import data, images, pipelines
+from visiontune import adapters, data, images, pipelines
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("none", "dynamic", "float16")
@@ -68,12 +68,14 @@ def export(model, path, fmt="savedmodel", quantize="none"):
     """Exports `model` to take raw uint8 images; returns the written path.
 
     SavedModel goes through Keras's own `ExportArchive`, with a `serve`
-    signature on uint8 input. TFLite is converted from that SavedModel.
+    signature on uint8 input. TFLite is converted from that SavedModel. LoRA
+    adapters are merged first (`adapters.merge_lora`).
     """
     if fmt not in FORMATS:
         raise ValueError(f"Expected --format in {FORMATS}. Received: {fmt!r}")
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"Expected --quantize in {QUANTIZATIONS}. Received: {quantize!r}")
+    model = adapters.merge_lora(model)
     if fmt == "onnx":
         return _write_onnx(model, path)
     saved = path if fmt == "savedmodel" else path + ".savedmodel"

@@ -97,6 +97,8 @@ def _train(config, out, cache, callbacks, say):
         pooling=config.pooling, dropout=config.dropout, hidden_units=config.hidden_units,
         l2=config.l2, l1=config.l1)
     say(freezing.trainable_summary(model))
+    if config.method == "linear-probe" and config.finetune_epochs:
+        say("Method linear-probe: phase 1 only; the phase 2 settings are not used")
     if cache == "off" and config.cache == "auto":
         say("Cache: off, because augmentation changes the training images every epoch")
 
@@ -110,6 +112,7 @@ def _train(config, out, cache, callbacks, say):
             head_epochs=config.head_epochs, head_lr=config.head_lr,
             finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr,
             unfreeze_blocks=config.unfreeze_blocks, optimizer=config.optimizer,
+            method=config.method, lora_rank=config.lora_rank,
             schedule=config.schedule, warmup_epochs=config.warmup_epochs,
             lr_decay=config.lr_decay, gradual_epochs=config.gradual_epochs,
             cache=cache, cache_dir=os.path.join(out, "cache"),
@@ -124,8 +127,13 @@ def _train(config, out, cache, callbacks, say):
                 if os.path.exists(best) else " No epoch finished with a finite loss.")
         raise finetune.TrainingDivergedError(str(error) + kept, error.history) from None
     metrics = _final_metrics(model, splits, history, out)
-    metrics["settings"] = {"precision": config.precision, "jit_compile": config.jit_compile}
+    metrics["settings"] = {"method": config.method, "precision": config.precision,
+                           "jit_compile": config.jit_compile}
     _write_artifacts(out, model, splits, history, metrics)
+    best = os.path.join(out, "best.keras")
+    if config.method == "lora" and os.path.exists(best):
+        # ModelCheckpoint saved it with adapters; the run's models are plain, like model.keras.
+        rundir.save_model(keras.saving.load_model(best), best)
     after_head = os.path.join(out, "backup", START_WEIGHTS)
     if os.path.exists(after_head):  # Kept for `python -m visiontune.interpolate`.
         os.replace(after_head, os.path.join(out, START_WEIGHTS))

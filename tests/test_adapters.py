@@ -1,0 +1,157 @@
+"""Phase 2 methods other than unfreezing: LoRA adapters, bn-bias (BitFit), linear probe."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import visiontune
+from visiontune import adapters, config, freezing, rundir, train
+from conftest import color_images, tiny_backbone, write_image_folder
+from test_caching import fixed_order_data
+from test_cli import FAST
+from test_resume import Interrupt
+
+
+def classifier(seed=0):
+    keras.utils.set_random_seed(seed)
+    return visiontune.build_classifier(tiny_backbone(), 3, None, hidden_units=(8,))
+
+
+def values(model):
+    """Every variable by path, except the dropout seed state (which moves on every call)."""
+    return {v.path: np.array(v) for v in model.weights if "seed_generator" not in v.path}
+
+
+def changed(before, model):
+    after = values(model)
+    return {path for path in before if not np.array_equal(before[path], after[path])}
+
+
+HEAD = {"head_hidden_1/kernel", "head_hidden_1/bias", "head_output/kernel", "head_output/bias"}
+
+
+def test_lora_trains_only_adapters_and_head_and_merges_to_a_plain_model(tmp_path):
+    model = classifier()
+    x, y = color_images(16, size=32)
+    visiontune.fine_tune(model, (x, y), head_epochs=1, finetune_epochs=0, verbose=0)
+    before = values(model)
+    history = visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=3,
+                                   finetune_lr=1e-2, unfreeze_blocks=2, method="lora",
+                                   lora_rank=2, cache="memory", verbose=0)
+    assert history.phases[0]["method"] == "lora"
+    lora = {f"block{i}a_conv/lora_kernel_{ab}" for i in (2, 3) for ab in "ab"}
+    assert {v.path for v in model.trainable_variables} == lora | HEAD
+    assert changed(before, model) == HEAD  # The backbone's own weights never moved.
+    assert {p for p in values(model) if "lora" in p} == lora
+    adapted = adapters.lora_layers(model)
+    assert all(np.abs(np.array(layer.lora_kernel_b)).max() > 0 for layer in adapted)
+    assert history.phases[0]["trainable_params"] == sum(
+        int(np.prod(v.shape)) for v in model.trainable_variables)
+
+    expected = model.predict(x, verbose=0)
+    plain = adapters.merge_lora(model)
+    assert not adapters.lora_layers(plain) and plain is not model
+    np.testing.assert_allclose(plain.predict(x, verbose=0), expected, atol=1e-5)
+    # Saving merges too; plain Keras (no visiontune import) loads the same predictions.
+    path = str(tmp_path / "model.keras")
+    rundir.save_model(model, path)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, keras, numpy as np; m = keras.saving.load_model(sys.argv[1]); "
+            "assert 'lora' not in str(m.get_config()); "
+            "np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))")
+    subprocess.run([sys.executable, "-c", code, path, str(tmp_path / "x.npy"),
+                    str(tmp_path / "p.npy")], check=True, timeout=120)
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, atol=1e-5)
+
+
+def test_lora_on_efficientnet_lite_says_only_1x1_convolutions_take_adapters():
+    model = visiontune.build_classifier("efficientnet_lite0", 3, None, 64)
+    report = adapters.enable_lora(model, 2, rank=4)
+    assert report.adapted == ("block7a_expand_conv", "block7a_project_conv", "top_conv")
+    assert set(report.kernel_sizes) == {"1x1"} and report.ineligible == 1
+    assert "only the 1x1 convolutions" in str(report)
+    assert "depthwise" in str(report)
+    with pytest.raises(ValueError, match="lora_rank"):
+        adapters.enable_lora(model, 2, rank=0)
+
+
+def test_lora_resumes_after_a_crash_in_a_later_gradual_stage(tmp_path):
+    def fit(backup, callbacks=()):
+        keras.utils.set_random_seed(0)
+        model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+        train, val = fixed_order_data()
+        visiontune.fine_tune(model, train, val, head_epochs=1, finetune_epochs=3,
+                             unfreeze_blocks=2, gradual_epochs=1, method="lora",
+                             lora_rank=2, shuffle=False, backup_dir=backup,
+                             callbacks=list(callbacks), verbose=0)
+        return model
+
+    reference = fit(str(tmp_path / "whole"))
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        fit(backup, [Interrupt(3)])  # In finetune-2, after the LoRA stage finetune-1 ended.
+    resumed = fit(backup)
+    assert len(resumed.get_weights()) == len(reference.get_weights())
+    for expected, got in zip(reference.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_bn_bias_trains_batchnorm_affine_and_biases_in_inference_mode():
+    model = classifier()
+    x, y = color_images(16, size=32)
+    before = values(model)
+    history = visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=2,
+                                   finetune_lr=1e-2, unfreeze_blocks=2, method="bn-bias",
+                                   cache="memory", verbose=0)
+    trainable = {f"block{i}a_{name}" for i in (2, 3)
+                 for name in ("conv/bias", "bn/gamma", "bn/beta")}
+    assert {v.path for v in model.trainable_variables} == trainable | HEAD
+    assert changed(before, model) == trainable | HEAD  # Moving statistics and kernels fixed.
+    assert history.phases[0]["trainable_params"] == sum(
+        int(np.prod(v.shape)) for v in model.trainable_variables)
+    # Inference mode: the forward pass does not depend on `training` (dropout aside).
+    backbone = visiontune.find_backbone(model)
+    np.testing.assert_allclose(backbone(x, training=True), backbone(x, training=False),
+                               atol=1e-6)
+    # A later phase that unfreezes gets the kernels back.
+    freezing.set_trainable_blocks(model, 1)
+    assert "block3a_conv/kernel" in {v.path for v in model.trainable_variables}
+
+
+def test_linear_probe_trains_only_the_head_on_cached_features():
+    model = classifier()
+    x, y = color_images(16, size=32)
+    history = visiontune.fine_tune(model, (x, y), head_epochs=2, finetune_epochs=5,
+                                   method="linear-probe", cache="auto", verbose=0)
+    assert [p["name"] for p in history.phases] == ["head"]
+    assert history.phases[0]["cache"] == "memory"
+    with pytest.raises(ValueError, match="method"):
+        visiontune.fine_tune(model, (x, y), method="adapters")
+
+
+def test_cli_lora_run_saves_plain_models(tmp_path):
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=8)
+    out = str(tmp_path / "run")
+    assert train.main(["--data", data, "--output", out, *FAST,
+                       "--method", "lora", "--lora-rank", "2"]) == 0
+    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    assert metrics["settings"]["method"] == "lora"
+    assert list(metrics["epochs"]) == ["head", "finetune"]
+    for name in ("model.keras", "best.keras"):
+        loaded = keras.saving.load_model(os.path.join(out, name))
+        assert "lora" not in str(loaded.get_config())
+
+
+def test_method_flags_are_checked():
+    parsed = config.parse_config(["--method", "bn-bias"])
+    assert parsed.method == "bn-bias" and parsed.finetune_lr is None
+    with pytest.raises(SystemExit):
+        config.parse_config(["--method", "adapters"])
+    with pytest.raises(ValueError, match="lora_rank"):
+        config.parse_config(["--lora-rank", "0"])
