@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import visiontune
-from visiontune import adapters, config, freezing, rundir, train
+from visiontune import adapters, compare, config, export, freezing, plots, rundir, serving, train
 from conftest import color_images, tiny_backbone, write_image_folder
 from test_caching import fixed_order_data
 from test_cli import FAST
@@ -155,3 +155,34 @@ def test_method_flags_are_checked():
         config.parse_config(["--method", "adapters"])
     with pytest.raises(ValueError, match="lora_rank"):
         config.parse_config(["--lora-rank", "0"])
+
+
+def test_lora_export_is_merged_and_matches_the_adapted_model(tmp_path):
+    model = classifier()
+    x, y = color_images(8, size=32)
+    visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=2, finetune_lr=1e-2,
+                         unfreeze_blocks=2, method="lora", lora_rank=2, verbose=0)
+    path = serving.export(model, str(tmp_path / "exported"))
+    assert export.parity(model, path, "savedmodel", x.astype(np.uint8)) < 1e-5
+
+
+def test_compare_methods_starts_every_method_from_the_same_warm_head():
+    x, y = color_images(16, size=32)
+    build = lambda: visiontune.build_classifier(tiny_backbone(), 3, None)  # noqa: E731
+    result = compare.compare_methods(build, (x, y), (x, y), head_epochs=1, finetune_epochs=2,
+                                     unfreeze_blocks=2, cache="memory")
+    assert [r["method"] for r in result.rows] == ["linear probe", *compare.VARIANTS]
+    assert result.rows[0]["phase2_s"] == 0 and all(r["phase2_s"] > 0 for r in result.rows[1:])
+    params = {r["method"]: r["trainable_params"] for r in result.rows}
+    assert params["linear probe"] < params["bn-bias"] < params["two-phase"]
+    assert params["gradual"] == params["two-phase"]  # Its last stage trains both blocks.
+    assert "| lora |" in result.table()
+    # Every method's fine-tuned model differs from the warm head only where it trains.
+    start = {v.path: np.array(v) for v in result.start.weights}
+    lora = result.models["lora"]
+    for v in lora.weights:
+        if v.path in start and "head" not in v.path and "seed_generator" not in v.path:
+            np.testing.assert_array_equal(np.array(v), start[v.path], err_msg=v.path)
+    assert plots.method_comparison(result.rows).axes
+    with pytest.raises(ValueError, match="Unknown methods"):
+        compare.compare_methods(build, (x, y), None, methods=["adapters"])

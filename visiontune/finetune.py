@@ -153,7 +153,8 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
     phases = [Phase("head", head_epochs, head_lr, 0, optimizer)]
     if method != "linear-probe":
         phases += finetune_phases(
-            finetune_epochs, finetune_lr or FINETUNE_LR[method], unfreeze_blocks,
+            finetune_epochs, FINETUNE_LR[method] if finetune_lr is None else finetune_lr,
+            unfreeze_blocks,
             finetune_optimizer or optimizer, schedule, warmup_epochs, lr_decay,
             gradual_epochs, method="unfreeze" if method == "two-phase" else method,
             lora_rank=lora_rank)

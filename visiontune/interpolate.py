@@ -120,18 +120,7 @@ def sweep(run_dir, alphas, select="mean", verbose=True):
     batches = [(np.asarray(x), np.asarray(y)) for x, y in splits.val]  # No model pass.
     pixels = np.concatenate([x for x, _ in batches]).clip(0, 255).astype(np.uint8)
     labels = np.concatenate([y for _, y in batches])
-    shifted = corrupt(pixels)
-    rows = []
-    for alpha in alphas:
-        model = interpolate(start, finetuned, alpha)
-        row = {"alpha": float(alpha)}
-        for name, images in (("clean", pixels), ("shifted", shifted)):
-            predicted = model.predict(images.astype(np.float32), verbose=0).argmax(axis=1)
-            row[name] = float(np.mean(predicted == labels))
-        row["mean"] = (row["clean"] + row["shifted"]) / 2
-        rows.append(row)
-        if verbose:
-            print(f"alpha {alpha:<5g} clean {row['clean']:.3f}  shifted {row['shifted']:.3f}")
+    rows = score_alphas(start, finetuned, pixels, labels, alphas, verbose)
     best = max(rows, key=lambda r: r[select])
     rundir.save_model(interpolate(start, finetuned, best["alpha"]),
                       os.path.join(run_dir, "interpolated.keras"))
@@ -143,6 +132,34 @@ def sweep(run_dir, alphas, select="mean", verbose=True):
 
     plots.interpolation(rows, best["alpha"], os.path.join(run_dir, "interpolation.png"))
     return rows, best
+
+
+def score_alphas(start, finetuned, pixels, labels, alphas, verbose=True):
+    """Accuracy of `interpolate(start, finetuned, alpha)` on clean and `corrupt`ed images.
+
+    Args:
+        start, finetuned: The models to interpolate (see `interpolate`).
+        pixels: uint8 images, `(n, height, width, 3)`.
+        labels: Integer labels, `(n,)`.
+        alphas: The alphas to score.
+        verbose: Print one line per alpha.
+
+    Returns:
+        One dict per alpha: `alpha`, `clean`, `shifted` and their `mean`.
+    """
+    shifted = corrupt(pixels)
+    rows = []
+    for alpha in alphas:
+        model = interpolate(start, finetuned, alpha)
+        row = {"alpha": float(alpha)}
+        for name, images in (("clean", pixels), ("shifted", shifted)):
+            predicted = model.predict(images.astype(np.float32), verbose=0).argmax(axis=1)
+            row[name] = float(np.mean(predicted == np.asarray(labels)))
+        row["mean"] = (row["clean"] + row["shifted"]) / 2
+        rows.append(row)
+        if verbose:
+            print(f"alpha {alpha:<5g} clean {row['clean']:.3f}  shifted {row['shifted']:.3f}")
+    return rows
 
 
 def _start_model(run_dir, finetuned):

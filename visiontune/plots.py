@@ -133,3 +133,25 @@ def interpolation(rows, best_alpha=None, path=None):
     ax.set_ylabel("accuracy")
     ax.legend()
     return _save(fig, path)
+
+
+def method_comparison(rows, path=None):
+    """Bars of validation accuracy, trainable parameters and time, one per method.
+
+    `rows` as in `compare.MethodComparison.rows`.
+    """
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    names = [r["method"] for r in rows]
+    panels = (("val_accuracy", "validation accuracy", False),
+              ("trainable_params", "trainable parameters (log scale)", True),
+              ("total_s", "time, phase 1 + 2 (s)", False))
+    for ax, (key, label, log) in zip(fig.subplots(1, 3), panels):
+        ax.barh(names, [r[key] for r in rows], color="tab:blue")
+        ax.set_xlabel(label)
+        ax.invert_yaxis()
+        if log:
+            ax.set_xscale("log")
+        else:
+            for i, r in enumerate(rows):
+                ax.text(r[key], i, f" {r[key]:.3g}", va="center", fontsize=8)
+    return _save(fig, path)
