@@ -17,6 +17,7 @@ from one process on a shared machine; compare them within a run only.
 
 import argparse
 import functools
+import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -42,6 +43,8 @@ def main():
     parser.add_argument("--alphas", default="0,0.25,0.5,0.75,1")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    # Scoring the last, smaller validation batch retraces predict; tf logs that. Harmless.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
     splits = data.load_data(args.data, args.image_size, seed=args.seed, verbose=False)
     build = functools.partial(visiontune.build_classifier, args.backbone,

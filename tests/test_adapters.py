@@ -132,6 +132,8 @@ def test_linear_probe_trains_only_the_head_on_cached_features():
     assert history.phases[0]["cache"] == "memory"
     with pytest.raises(ValueError, match="method"):
         visiontune.fine_tune(model, (x, y), method="adapters")
+    with pytest.raises(ValueError, match="unfreeze_blocks >= 1"):
+        visiontune.fine_tune(model, (x, y), method="lora", unfreeze_blocks=0)
 
 
 def test_cli_lora_run_saves_plain_models(tmp_path):

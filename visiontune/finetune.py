@@ -28,7 +28,11 @@ FINETUNE_LR = {"two-phase": 3e-5, "bn-bias": 1e-3, "lora": 1e-3, "linear-probe":
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
-    """One `fit` call: what is unfrozen, for how long, and how fast it learns."""
+    """One `fit` call: what is unfrozen, for how long, and how fast it learns.
+
+    `method` says what trains in the top `unfreeze_blocks` blocks (see
+    `freezing.set_trainable_blocks`); `lora_rank` is used by `"lora"`.
+    """
 
     name: str
     epochs: int
@@ -150,6 +154,10 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
     """
     if method not in METHODS:
         raise ValueError(f"Expected `method` in {METHODS}. Received: {method!r}")
+    if method in ("bn-bias", "lora") and finetune_epochs and unfreeze_blocks < 1:
+        raise ValueError(f"method={method!r} trains parts of the top `unfreeze_blocks` "
+                         "blocks, so it needs unfreeze_blocks >= 1. Received: "
+                         f"unfreeze_blocks={unfreeze_blocks!r}.")
     phases = [Phase("head", head_epochs, head_lr, 0, optimizer)]
     if method != "linear-probe":
         phases += finetune_phases(

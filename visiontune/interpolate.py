@@ -46,6 +46,13 @@ def interpolate(start_model, finetuned_model, alpha):
 
     >>> half = visiontune.interpolate(after_phase_1, after_phase_2, 0.5)
     """
+    model = keras.models.clone_model(finetuned_model)
+    _assign(model, _mixed(start_model, finetuned_model, alpha))
+    return model
+
+
+def _mixed(start_model, finetuned_model, alpha):
+    """The interpolated weight values, after checking that the architectures match."""
     start, end = start_model.weights, finetuned_model.weights
     if len(start) != len(end):
         raise ValueError(
@@ -65,10 +72,12 @@ def interpolate(start_model, finetuned_model, alpha):
         # Integer state (e.g. random-seed counters) is taken from the fine-tuned model.
         mixed.append((1 - alpha) * a + alpha * b if np.issubdtype(b.dtype, np.floating)
                      else b)
-    model = keras.models.clone_model(finetuned_model)
-    for variable, value in zip(model.weights, mixed):
+    return mixed
+
+
+def _assign(model, values):
+    for variable, value in zip(model.weights, values):
         variable.assign(value.astype(variable.dtype))
-    return model
 
 
 def corrupt(pixels, seed=0):
@@ -149,8 +158,9 @@ def score_alphas(start, finetuned, pixels, labels, alphas, verbose=True):
     """
     shifted = corrupt(pixels)
     rows = []
+    model = keras.models.clone_model(finetuned)  # One model for all alphas: one trace.
     for alpha in alphas:
-        model = interpolate(start, finetuned, alpha)
+        _assign(model, _mixed(start, finetuned, alpha))
         row = {"alpha": float(alpha)}
         for name, images in (("clean", pixels), ("shifted", shifted)):
             predicted = model.predict(images.astype(np.float32), verbose=0).argmax(axis=1)
