@@ -16,7 +16,7 @@ import typing
 
 import yaml
 
-from visiontune import augment as augment_lib, caching, data as data_lib, finetune
+from visiontune import augment as augment_lib, caching, data as data_lib, distribute, finetune
 
 # The schedule's defaults are `fine_tune`'s, so the API and the CLI never disagree.
 _RECIPE = {name: p.default for name, p in inspect.signature(finetune.fine_tune).parameters.items()}
@@ -124,6 +124,13 @@ class TrainConfig:
         choices=("float32", "mixed_float16", "mixed_bfloat16"))
     jit_compile: bool = _field(False, "Speed", "compile the train step with XLA (often "
                                "faster on GPU, slower on CPU)")
+    distribute: str = _field(
+        "none", "Speed", "tf.distribute strategy: auto = mirrored when more than one GPU is "
+        "visible; mirrored = all GPUs of this machine; multiworker = the cluster in "
+        "TF_CONFIG; tpu = this TPU VM. --batch-size is global (split over the replicas); "
+        "see docs/distributed.md", choices=distribute.STRATEGIES)
+    scale_lr: bool = _field(False, "Speed", "multiply both phases' learning rates by the "
+                            "number of replicas (off: the rates are used as given)")
     # Output
     output: typing.Optional[str] = _field(
         None, "Output", "run directory (default: runs/<timestamp>-<backbone>)")

@@ -29,8 +29,9 @@ def predict(model, dataset, verbose=0, tta="none"):
     """
     images, labels, probs = [], [], []
     for x, y in dataset:
-        probs.append(model.predict_on_batch(x) if tta == "none"
-                     else probabilities(model, x, tta))
+        # Not `predict_on_batch`: under a tf.distribute strategy (Keras 3.15) it returns
+        # each replica's outputs concatenated, twice as many rows as images on two replicas.
+        probs.append(probabilities(model, x, tta))
         y = np.asarray(y)
         labels.append(y.argmax(axis=-1) if y.ndim == 2 else y)
         images.append(np.asarray(x).clip(0, 255).astype(np.uint8))

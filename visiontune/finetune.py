@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from visiontune import adapters, caching, freezing, resume
+from visiontune import adapters, caching, distribute, freezing, resume
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
@@ -74,7 +74,7 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
               method="two-phase", lora_rank=8,
               class_weight=None, callbacks=None,
               cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
-              backup_dir=None, jit_compile=False, verbose="auto"):
+              backup_dir=None, jit_compile=False, strategy=None, verbose="auto"):
     """Fine-tunes a classifier in two phases and returns one merged history.
 
     Phase 1 trains the head on a frozen backbone. Phase 2 unfreezes the top
@@ -138,6 +138,9 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
             the same `backup_dir` after a crash continues from the last
             finished epoch, skipping finished phases.
         jit_compile: Compile the train step with XLA.
+        strategy: A `tf.distribute` strategy, or `None`. Build `model` inside
+            its scope; each phase compiles inside it. Batches are global
+            (split over the replicas). Caching is off under a strategy.
         verbose: Passed to `fit`.
 
     Returns:
@@ -186,8 +189,7 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
         run_phase(model, phase, train, val, history, callbacks=callbacks,
                   class_weight=class_weight, cache=cache, cache_dir=cache_dir,
                   cache_copies=cache_copies, shuffle=shuffle, seed=seed, journal=journal,
-                  jit_compile=jit_compile,
-                  verbose=verbose)
+                  jit_compile=jit_compile, strategy=strategy, verbose=verbose)
     return history
 
 
@@ -212,7 +214,7 @@ def finetune_phases(epochs, learning_rate, unfreeze_blocks, optimizer="adam",
 
 def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight=None,
               cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
-              journal=None, jit_compile=False, verbose="auto"):
+              journal=None, jit_compile=False, strategy=None, verbose="auto"):
     """Sets the trainable blocks, compiles, and fits one phase after `history`'s epochs.
 
     With `cache` other than `"off"`, the fixed part of the network is run once
@@ -231,7 +233,11 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
     if cache != "off":
         counts = [caching.count_images(d) for d in (train, val) if d is not None]
         images = None if None in counts else counts[0] * copies + sum(counts[1:])
-    if cache != "off" and cache_copies > 1 and phase.unfreeze_blocks:
+    if cache != "off" and strategy is not None:
+        # The cached trainer would be a second model built outside the strategy's scope.
+        plan = caching.Plan("off", "not cached: caching is not supported under a "
+                                   "tf.distribute strategy")
+    elif cache != "off" and cache_copies > 1 and phase.unfreeze_blocks:
         plan = caching.Plan("off", f"not cached: cache_copies={cache_copies} means augmented "
                                    "training data, which phase 2 trains on as given")
     else:
@@ -261,10 +267,12 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
         steps = _steps_per_epoch(train)
         # Per-block rates are found from the whole classifier; a cached trainer shares its
         # variables but not its block structure.
-        optimizer = (discriminative_optimizer(model, phase, steps) if phase.lr_decay != 1
-                     else None)
-        compile_for_phase(trainer, phase, steps, _sparse_labels(train), jit_compile=jit_compile,
-                          multi_label=_multi_label(model), optimizer=optimizer)
+        with distribute.scope(strategy):
+            optimizer = (discriminative_optimizer(model, phase, steps) if phase.lr_decay != 1
+                         else None)
+            compile_for_phase(trainer, phase, steps, _sparse_labels(train),
+                              jit_compile=jit_compile, multi_label=_multi_label(model),
+                              optimizer=optimizer)
         start = len(history.epoch)
         callbacks.append(keras.callbacks.TerminateOnNaN())
         finished = []
@@ -275,10 +283,12 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
         # BackupAndRestore sets `_initial_epoch` on restore and Keras 3.15 never clears it,
         # so without this a later phase on the same model would start at that epoch.
         trainer._initial_epoch = None
-        result = trainer.fit(**_as_fit_inputs(train), validation_data=val, initial_epoch=start,
-                             epochs=start + phase.epochs, callbacks=callbacks,
-                             class_weight=class_weight, verbose=verbose,
-                             shuffle=not isinstance(train, tf.data.Dataset))
+        with distribute.known_failures(strategy):
+            result = trainer.fit(**_as_fit_inputs(train), validation_data=val,
+                                 initial_epoch=start, epochs=start + phase.epochs,
+                                 callbacks=callbacks, class_weight=class_weight,
+                                 verbose=verbose,
+                                 shuffle=not isinstance(train, tf.data.Dataset))
     wall = time.perf_counter() - began + sum(e["seconds"] for e in finished)
     history.add_phase(phase, result, trainable, wall, plan, finished)
     losses = result.history.get("loss", [])

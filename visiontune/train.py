@@ -4,9 +4,12 @@ The command line is a thin layer over `run(config)`, which notebooks can call
 with a `TrainConfig` too.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 import keras
@@ -14,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 import visiontune
-from visiontune import (classifier, config as config_lib, data, evaluation, finetune, freezing,
-                        images, plots, rundir)
+from visiontune import (classifier, config as config_lib, data, distribute, evaluation, finetune,
+                        freezing, images, plots, rundir)
 from visiontune.interpolate import START_WEIGHTS
 
 
@@ -38,21 +41,49 @@ def run(config, callbacks=None):
     if config.resume and config.overwrite:
         raise ValueError("--resume and --overwrite contradict each other; pass one of them.")
     cache = _cache_mode(config)
-    if config.resume:
-        out = rundir.prepare_resume(config.output)
+    # First: a multi-worker strategy must exist before TensorFlow runs anything.
+    strategy, described = distribute.make_strategy(config.distribute)
+    output = config.output or rundir.default_run_dir(config.backbone)
+    chief = strategy is None or distribute.is_chief()
+    if not chief:  # Only the chief writes the run directory; see `_worker_dir`.
+        output = _worker_dir(output)
+    if config.resume and (chief or os.path.isdir(output)):
+        out = rundir.prepare_resume(output)
         config_lib.check_resumable(config, os.path.join(out, "config.yaml"))
     else:
-        out = rundir.prepare(config.output or rundir.default_run_dir(config.backbone),
-                             config.overwrite)
+        out = rundir.prepare(output, config.overwrite or not chief)
         rundir.write_text(os.path.join(out, "config.yaml"), config_lib.saved_yaml(config))
     say(f"visiontune: run directory {os.path.abspath(out)}"
-        + (" (resuming)" if config.resume else ""))
+        + (" (resuming)" if config.resume else "")
+        + ("" if chief else " (this worker's scratch copy; the chief writes the run)"))
+    say(f"Distribution: {described}")
+    if strategy is not None:
+        n = distribute.replicas(strategy)
+        say(f"Batch size {config.batch_size} is global: {config.batch_size / n:g} images per "
+            f"replica on {n} replicas"
+            + (f"; learning rates scaled by {n} (--scale-lr)" if config.scale_lr else
+               "; learning rates as given (--scale-lr multiplies them by the replicas)"))
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
-        return _train(config, out, cache, callbacks, say)
+        metrics = _train(config, out, cache, callbacks, say, strategy)
     finally:
         keras.config.set_dtype_policy(policy)
+    if not chief:
+        shutil.rmtree(out, ignore_errors=True)
+    return metrics
+
+
+def _worker_dir(output):
+    """A non-chief worker's scratch run directory, removed when its run finishes.
+
+    Its name is fixed by the run's output and the worker's task, so a worker
+    restarted with `--resume` finds its backup again.
+    """
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    key = hashlib.sha256(os.path.abspath(output).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"visiontune-{task.get('type', 'worker')}-"
+                                               f"{task.get('index', 0)}-{key}")
 
 
 def _cache_mode(config):
@@ -81,7 +112,7 @@ def _cache_mode(config):
     return "off" if varied else config.cache
 
 
-def _train(config, out, cache, callbacks, say):
+def _train(config, out, cache, callbacks, say, strategy=None):
     keras.utils.set_random_seed(config.seed)
 
     weights = None if str(config.weights).lower() == "none" else config.weights
@@ -92,16 +123,24 @@ def _train(config, out, cache, callbacks, say):
         augment_preset=config.augment, mix=config.mix, resize=config.resize,
         strict=config.strict, split_file=config.split, verbose=not config.quiet)
     _report_data(splits, config, say)
-    model = classifier.build_classifier(
-        config.backbone, len(splits.class_names), weights, image_size,
-        pooling=config.pooling, dropout=config.dropout, hidden_units=config.hidden_units,
-        l2=config.l2, l1=config.l1)
+    with distribute.scope(strategy):
+        model = classifier.build_classifier(
+            config.backbone, len(splits.class_names), weights, image_size,
+            pooling=config.pooling, dropout=config.dropout, hidden_units=config.hidden_units,
+            l2=config.l2, l1=config.l1)
     say(freezing.trainable_summary(model))
     if config.method == "linear-probe" and config.finetune_epochs:
         say("Method linear-probe: phase 1 only; the phase 2 settings are not used")
-    if cache == "off" and config.cache == "auto":
+    if strategy is not None and cache != "off":
+        cache = "off"
+        say("Cache: off, because caching is not supported under a tf.distribute strategy")
+    elif cache == "off" and config.cache == "auto":
         say("Cache: off, because augmentation changes the training images every epoch")
 
+    scale = distribute.replicas(strategy) if config.scale_lr else 1
+    finetune_lr = config.finetune_lr
+    if scale != 1 and config.method != "linear-probe":
+        finetune_lr = (finetune_lr or finetune.FINETUNE_LR[config.method]) * scale
     callbacks = [*(callbacks or []),
                  keras.callbacks.ModelCheckpoint(os.path.join(out, "best.keras"),
                                                  monitor="val_loss", save_best_only=True),
@@ -109,8 +148,8 @@ def _train(config, out, cache, callbacks, say):
     try:
         history = finetune.fine_tune(
             model, splits.train, splits.val, callbacks=callbacks,
-            head_epochs=config.head_epochs, head_lr=config.head_lr,
-            finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr,
+            head_epochs=config.head_epochs, head_lr=config.head_lr * scale,
+            finetune_epochs=config.finetune_epochs, finetune_lr=finetune_lr,
             unfreeze_blocks=config.unfreeze_blocks, optimizer=config.optimizer,
             method=config.method, lora_rank=config.lora_rank,
             schedule=config.schedule, warmup_epochs=config.warmup_epochs,
@@ -118,6 +157,7 @@ def _train(config, out, cache, callbacks, say):
             cache=cache, cache_dir=os.path.join(out, "cache"),
             cache_copies=config.cache_copies, seed=config.seed,
             backup_dir=os.path.join(out, "backup"), jit_compile=config.jit_compile,
+            strategy=strategy,
             verbose=0 if config.quiet else "auto",
             class_weight=splits.class_weight() if config.class_weight == "balanced" else None)
     except finetune.TrainingDivergedError as error:
@@ -128,7 +168,9 @@ def _train(config, out, cache, callbacks, say):
         raise finetune.TrainingDivergedError(str(error) + kept, error.history) from None
     metrics = _final_metrics(model, splits, history, out)
     metrics["settings"] = {"method": config.method, "precision": config.precision,
-                           "jit_compile": config.jit_compile}
+                           "jit_compile": config.jit_compile,
+                           "distribute": config.distribute,
+                           "replicas": distribute.replicas(strategy)}
     _write_artifacts(out, model, splits, history, metrics)
     best = os.path.join(out, "best.keras")
     if config.method == "lora" and os.path.exists(best):
