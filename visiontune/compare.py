@@ -28,9 +28,10 @@ VARIANTS = {
 class MethodComparison:
     """The rows of a comparison, plus the models to look at afterwards.
 
-    `rows`: one dict per method (`method`, `val_accuracy`, `trainable_params`
-    of its last phase, the head's for the linear probe, `phase2_s`, `total_s`); `start`: the classifier after phase 1 (the linear
-    probe); `models`: method name -> its fine-tuned classifier.
+    `rows`: one dict per method: `method`, `val_accuracy`, `trainable_params`
+    (of its last phase; the head's for the linear probe), `phase2_s` and
+    `total_s`. `start`: the classifier after phase 1 (the linear probe).
+    `models`: method name -> its fine-tuned classifier.
     """
 
     rows: list

@@ -177,9 +177,10 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
     for phase in phases:
         freezing.check_block_count(model, phase.unfreeze_blocks)  # Fail before any training.
     journal = resume.Journal(backup_dir) if backup_dir else None
-    if journal:
+    if journal:  # Saved LoRA weights load only into a model that has the adapters again.
+        completed = journal.completed()
         for phase in phases:
-            if phase.name in journal.completed() and phase.method == "lora":
+            if phase.name in completed and phase.method == "lora":
                 adapters.enable_lora(model, phase.unfreeze_blocks, phase.lora_rank)
     done = journal.restore(model, history) if journal else []
     if done and verbose != 0:

@@ -2,9 +2,9 @@
 
 BatchNormalization layers stay frozen in every phase, which in Keras 3 also
 means inference mode: they normalise with their moving statistics, and those
-never change. (The bn-bias method trains their scale and offset, and keeps
-them in inference mode by other means: see `_keep_in_inference_mode`.) On a few hundred images, batch statistics would wreck features
-learned on a million. (`training=False` alone does not ensure this in Keras 3;
+never change. On a few hundred images, batch statistics would wreck features
+learned on a million. (The bn-bias method trains their scale and offset, and
+keeps them in inference mode by other means: see `_keep_in_inference_mode`.) (`training=False` alone does not ensure this in Keras 3;
 see `classifier.py`.)
 """
 
@@ -107,7 +107,7 @@ def set_trainable_blocks(model, n, block_patterns=None, method="unfreeze"):
     for layer in all_layers(backbone):
         for variable in getattr(layer, "_visiontune_frozen", ()):
             variable.trainable = True  # Undo an earlier bn-bias or lora phase.
-        layer._visiontune_frozen = ()
+        _set_untracked(layer, "_visiontune_frozen", ())
     backbone.trainable = n > 0
     for i, block in enumerate(reversed(blocks)):
         for layer in block.layers:
@@ -124,7 +124,7 @@ def set_trainable_blocks(model, n, block_patterns=None, method="unfreeze"):
             frozen = [v for v in layer.trainable_weights if not any(v is k for k in keep)]
             for variable in frozen:
                 variable.trainable = False
-            layer._visiontune_frozen = tuple(frozen)
+            _set_untracked(layer, "_visiontune_frozen", tuple(frozen))
     for layer in head_layers(model):
         layer.trainable = True
 
@@ -153,8 +153,13 @@ def _keep_in_inference_mode(layer):
     def call_in_inference_mode(inputs, training=None, mask=None):
         return call(layer, inputs, training=False, mask=mask)
 
-    layer.call = call_in_inference_mode
-    layer._visiontune_inference_only = True
+    _set_untracked(layer, "call", call_in_inference_mode)
+    _set_untracked(layer, "_visiontune_inference_only", True)
+
+
+def _set_untracked(layer, name, value):
+    """Sets an attribute without Keras tracking it (a tuple of variables would be)."""
+    object.__setattr__(layer, name, value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,9 +43,9 @@ def run(config, callbacks=None):
     cache = _cache_mode(config)
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     strategy, described = distribute.make_strategy(config.distribute)
-    output = config.output or rundir.default_run_dir(config.backbone)
+    output = config.output or ("" if config.resume else rundir.default_run_dir(config.backbone))
     chief = strategy is None or distribute.is_chief()
-    if not chief:  # Only the chief writes the run directory; see `_worker_dir`.
+    if not chief and output:  # Only the chief writes the run directory; see `_worker_dir`.
         output = _worker_dir(output)
     if config.resume and (chief or os.path.isdir(output)):
         out = rundir.prepare_resume(output)
