@@ -119,3 +119,25 @@ def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, capsys):
     assert train.main(["--output", out, "--resume", *FAST]) == 2
     assert "already finished" in capsys.readouterr().err
     assert train.main(["--output", out, "--resume", "--overwrite", *FAST]) == 2
+
+
+def test_resume_with_discriminative_rates_restores_every_blocks_optimizer(tmp_path):
+    def fit(backup, callbacks=()):
+        keras.utils.set_random_seed(0)
+        model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+        train, val = fixed_order_data()
+        visiontune.fine_tune(model, train, val, head_epochs=1, finetune_epochs=3,
+                             unfreeze_blocks=2, lr_decay=0.5, shuffle=False,
+                             backup_dir=backup, callbacks=list(callbacks), verbose=0)
+        return model
+
+    reference = fit(str(tmp_path / "whole"))
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        fit(backup, [Interrupt(3)])  # Phase 2's third epoch; Adam has two epochs of state.
+    # Keras's backup of phase 2 is there, so the resumed run continues from epoch 3 with
+    # the restored optimizers; a reset Adam would not reproduce the weights.
+    assert os.path.isfile(os.path.join(backup, "finetune", "training_metadata.json"))
+    resumed = fit(backup)
+    for expected, got in zip(reference.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
