@@ -1,5 +1,6 @@
 """Phase 2 methods other than unfreezing: LoRA adapters, bn-bias (BitFit), linear probe."""
 
+import functools
 import json
 import os
 import subprocess
@@ -12,9 +13,8 @@ import pytest
 import visiontune
 from visiontune import adapters, compare, config, export, freezing, plots, rundir, serving, train
 from conftest import color_images, tiny_backbone, write_image_folder
-from test_caching import fixed_order_data
 from test_cli import FAST
-from test_resume import Interrupt
+from test_resume import Interrupt, fit_1_plus_3
 
 
 def classifier(seed=0):
@@ -81,16 +81,7 @@ def test_lora_on_efficientnet_lite_says_only_1x1_convolutions_take_adapters():
 
 
 def test_lora_resumes_after_a_crash_in_a_later_gradual_stage(tmp_path):
-    def fit(backup, callbacks=()):
-        keras.utils.set_random_seed(0)
-        model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
-        train, val = fixed_order_data()
-        visiontune.fine_tune(model, train, val, head_epochs=1, finetune_epochs=3,
-                             unfreeze_blocks=2, gradual_epochs=1, method="lora",
-                             lora_rank=2, shuffle=False, backup_dir=backup,
-                             callbacks=list(callbacks), verbose=0)
-        return model
-
+    fit = functools.partial(fit_1_plus_3, gradual_epochs=1, method="lora", lora_rank=2)
     reference = fit(str(tmp_path / "whole"))
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):

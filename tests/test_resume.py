@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import signal
@@ -121,16 +122,19 @@ def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, capsys):
     assert train.main(["--output", out, "--resume", "--overwrite", *FAST]) == 2
 
 
-def test_resume_with_discriminative_rates_restores_every_blocks_optimizer(tmp_path):
-    def fit(backup, callbacks=()):
-        keras.utils.set_random_seed(0)
-        model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
-        train, val = fixed_order_data()
-        visiontune.fine_tune(model, train, val, head_epochs=1, finetune_epochs=3,
-                             unfreeze_blocks=2, lr_decay=0.5, shuffle=False,
-                             backup_dir=backup, callbacks=list(callbacks), verbose=0)
-        return model
+def fit_1_plus_3(backup, callbacks=(), **fine_tune_kwargs):
+    """One head epoch and three phase 2 epochs (top 2 blocks) of the tiny classifier."""
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+    train, val = fixed_order_data()
+    visiontune.fine_tune(model, train, val, head_epochs=1, finetune_epochs=3,
+                         unfreeze_blocks=2, shuffle=False, backup_dir=backup,
+                         callbacks=list(callbacks), verbose=0, **fine_tune_kwargs)
+    return model
 
+
+def test_resume_with_discriminative_rates_restores_every_blocks_optimizer(tmp_path):
+    fit = functools.partial(fit_1_plus_3, lr_decay=0.5)
     reference = fit(str(tmp_path / "whole"))
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):
