@@ -131,10 +131,8 @@ def _train(config, out, cache, callbacks, say, strategy=None):
     say(freezing.trainable_summary(model))
     if config.method == "linear-probe" and config.finetune_epochs:
         say("Method linear-probe: phase 1 only; the phase 2 settings are not used")
-    if strategy is not None and cache != "off":
-        cache = "off"
-        say("Cache: off, because caching is not supported under a tf.distribute strategy")
-    elif cache == "off" and config.cache == "auto":
+    # Under a strategy `fine_tune` turns caching off itself and says why in each phase line.
+    if cache == "off" and config.cache == "auto":
         say("Cache: off, because augmentation changes the training images every epoch")
 
     scale = distribute.replicas(strategy) if config.scale_lr else 1
