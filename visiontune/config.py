@@ -75,6 +75,12 @@ class TrainConfig:
                                  "comma-separated, e.g. 256 or 512,128 (default: none)")
     l2: float = _field(1e-4, "Model", "L2 penalty on the head's kernels")
     l1: float = _field(0.0, "Model", "L1 penalty on the head's kernels")
+    ema: float = _field(
+        _RECIPE["ema"], "Schedule", "phase 2 ends with an exponential moving average of its "
+        "weights, with this momentum per step (0 = off)")
+    label_smoothing: float = _field(
+        _RECIPE["label_smoothing"], "Schedule", "mix each one-hot target with the uniform "
+        "distribution by this much, in both phases (single-label only)")
     # Schedule
     head_epochs: int = _field(
         _RECIPE["head_epochs"], "Schedule", "phase 1 epochs: the head on a frozen backbone")
@@ -151,6 +157,8 @@ _RANGES = {
     "dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "l2": (lambda v: v >= 0, "at least 0"),
     "l1": (lambda v: v >= 0, "at least 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "ema": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "head_epochs": (lambda v: v >= 0, "at least 0"),
     "finetune_epochs": (lambda v: v >= 0, "at least 0"),
     "head_lr": (lambda v: v > 0, "above 0"),

@@ -27,7 +27,7 @@ def evaluate_folder(run_dir, folder, output=None, tta="none"):
                            os.path.join(out, "confusion_matrix.png"))
     plots.prediction_grid(pixels, labels, probs, class_names,
                           os.path.join(out, "val_predictions.png"))
-    metrics = {"data": os.path.abspath(folder), "images": len(labels), "tta": tta, **scores,
+    metrics = {"data": os.path.abspath(folder), "tta": tta, **scores,
                "bad_files": [{"path": b.path, "reason": b.reason} for b in files.bad]}
     rundir.write_json(os.path.join(out, "metrics.json"), metrics)
     return metrics, out
@@ -48,7 +48,8 @@ def main(argv=None):
     except (ValueError, OSError) as error:
         print(f"visiontune.evaluate: error: {error}", file=sys.stderr)
         return 2
-    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['images']} images; "
+    print(f"accuracy {evaluation.describe_accuracy(
+        metrics['accuracy'], metrics['accuracy_ci95'], metrics['images'])}; "
           f"metrics and plots in {os.path.abspath(out)}")
     return 0
 

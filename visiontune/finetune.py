@@ -44,6 +44,7 @@ class Phase:
     lr_decay: float = 1.0
     method: str = "unfreeze"
     lora_rank: int = 8
+    ema: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, np.integer)) \
@@ -62,6 +63,8 @@ class Phase:
         if self.method not in freezing.METHODS:
             raise ValueError(f"Expected `method` in {freezing.METHODS}. "
                              f"Received: {self.method!r}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"Expected `ema` in [0, 1). Received: {self.ema!r}")
         if self.epochs and not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"Expected `warmup_epochs` between 0 and {self.epochs}. "
                              f"Received: {self.warmup_epochs!r}")
@@ -71,7 +74,7 @@ class Phase:
 def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_epochs=10,
               finetune_lr=None, unfreeze_blocks=2, optimizer="adam", finetune_optimizer=None,
               schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0,
-              method="two-phase", lora_rank=8,
+              method="two-phase", lora_rank=8, label_smoothing=0.0, ema=0.0,
               class_weight=None, callbacks=None,
               cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
               backup_dir=None, jit_compile=False, strategy=None, verbose="auto"):
@@ -115,6 +118,13 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
             adapters, and `merge_lora` (which `save_model` and `export` call)
             folds them into plain kernels. `"linear-probe"`: no phase 2.
         lora_rank: Rank of the LoRA adapters.
+        ema: Phase 2 keeps an exponential moving average of the trained
+            weights with this momentum per step (Keras's `use_ema`), and the
+            model ends with the averaged weights. 0 turns it off.
+        label_smoothing: Mixes each one-hot target with the uniform
+            distribution by this much (Szegedy et al. 2016), in both phases.
+            Sparse labels are turned one-hot for it. Not for multi-label
+            models.
         class_weight: Passed to `fit`.
         callbacks: Keras callbacks, passed to both phases. They always see the
             whole classifier as `self.model`, also when a phase trains on
@@ -168,7 +178,9 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
             unfreeze_blocks,
             finetune_optimizer or optimizer, schedule, warmup_epochs, lr_decay,
             gradual_epochs, method="unfreeze" if method == "two-phase" else method,
-            lora_rank=lora_rank)
+            lora_rank=lora_rank, ema=ema)
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"Expected `label_smoothing` in [0, 1). Received: {label_smoothing!r}")
     if isinstance(cache_copies, bool) or not isinstance(cache_copies, (int, np.integer)) \
             or cache_copies < 1:
         raise ValueError(f"Expected `cache_copies` to be an integer >= 1. "
@@ -188,7 +200,7 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
               f"from {backup_dir}")
     for phase in (p for p in phases if p.epochs and p.name not in done):
         run_phase(model, phase, train, val, history, callbacks=callbacks,
-                  class_weight=class_weight, cache=cache, cache_dir=cache_dir,
+                  class_weight=class_weight, label_smoothing=label_smoothing, cache=cache, cache_dir=cache_dir,
                   cache_copies=cache_copies, shuffle=shuffle, seed=seed, journal=journal,
                   jit_compile=jit_compile, strategy=strategy, verbose=verbose)
     return history
@@ -196,11 +208,11 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
 
 def finetune_phases(epochs, learning_rate, unfreeze_blocks, optimizer="adam",
                     schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0,
-                    method="unfreeze", lora_rank=8):
+                    method="unfreeze", lora_rank=8, ema=0.0):
     """Phase 2 as one `Phase`, or with `gradual_epochs` as one stage per unfrozen block."""
     if not gradual_epochs:
         return [Phase("finetune", epochs, learning_rate, unfreeze_blocks, optimizer, schedule,
-                      warmup_epochs, lr_decay, method, lora_rank)]
+                      warmup_epochs, lr_decay, method, lora_rank, ema)]
     last = epochs - gradual_epochs * (unfreeze_blocks - 1)
     if unfreeze_blocks < 1 or last < 1:
         raise ValueError(
@@ -209,12 +221,12 @@ def finetune_phases(epochs, learning_rate, unfreeze_blocks, optimizer="adam",
             f" Received: finetune_epochs={epochs}. Raise it, or lower gradual_epochs.")
     return [Phase(f"finetune-{n}", gradual_epochs if n < unfreeze_blocks else last,
                   learning_rate, n, optimizer, schedule, warmup_epochs if n == 1 else 0,
-                  lr_decay, method, lora_rank)
+                  lr_decay, method, lora_rank, ema)
             for n in range(1, unfreeze_blocks + 1)]
 
 
 def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight=None,
-              cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
+              label_smoothing=0.0, cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
               journal=None, jit_compile=False, strategy=None, verbose="auto"):
     """Sets the trainable blocks, compiles, and fits one phase after `history`'s epochs.
 
@@ -271,9 +283,14 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
         with distribute.scope(strategy):
             optimizer = (discriminative_optimizer(model, phase, steps) if phase.lr_decay != 1
                          else None)
-            compile_for_phase(trainer, phase, steps, _sparse_labels(train),
+            sparse = _sparse_labels(train)
+            if label_smoothing and sparse and not _multi_label(model):
+                classes = model.output_shape[-1]
+                train, val = (_one_hot(d, classes) for d in (train, val))
+                sparse = False
+            compile_for_phase(trainer, phase, steps, sparse,
                               jit_compile=jit_compile, multi_label=_multi_label(model),
-                              optimizer=optimizer)
+                              optimizer=optimizer, label_smoothing=label_smoothing)
         start = len(history.epoch)
         callbacks.append(keras.callbacks.TerminateOnNaN())
         finished = []
@@ -376,16 +393,19 @@ class TrainingDivergedError(RuntimeError):
 
 
 def compile_for_phase(model, phase, steps_per_epoch=None, sparse_labels=True,
-                      jit_compile=False, multi_label=None, optimizer=None):
+                      jit_compile=False, multi_label=None, optimizer=None, label_smoothing=0.0):
     """Compiles `model` with the phase's optimizer (or `optimizer`) and a fitting loss."""
     if multi_label is None:
         multi_label = _multi_label(model)
     if multi_label:
         loss = keras.losses.BinaryCrossentropy()
     elif sparse_labels:
+        if label_smoothing:  # Keras's sparse loss has no smoothing; `run_phase` one-hots.
+            raise ValueError("label_smoothing needs one-hot labels; Keras's sparse "
+                             "cross-entropy cannot smooth.")
         loss = keras.losses.SparseCategoricalCrossentropy()
     else:
-        loss = keras.losses.CategoricalCrossentropy()
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     if optimizer is None:
         optimizer = (make_optimizer(phase, steps_per_epoch) if phase.lr_decay == 1
                      else discriminative_optimizer(model, phase, steps_per_epoch))
@@ -396,13 +416,15 @@ def compile_for_phase(model, phase, steps_per_epoch=None, sparse_labels=True,
 def make_optimizer(phase, steps_per_epoch=None, rate=None):
     """Returns a fresh Keras optimizer for `phase`, with its schedule or the given `rate`."""
     rate = learning_rate(phase, steps_per_epoch) if rate is None else rate
+    # Keras swaps the averaged weights in when `fit` ends (`finalize_variable_values`).
+    ema = dict(use_ema=True, ema_momentum=phase.ema) if phase.ema else {}
     if phase.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=0.9)
+        return keras.optimizers.SGD(rate, momentum=0.9, **ema)
     if phase.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate)
+        return keras.optimizers.AdamW(rate, **ema)
     if phase.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(rate)
-    return keras.optimizers.Adam(rate)
+        return keras.optimizers.RMSprop(rate, **ema)
+    return keras.optimizers.Adam(rate, **ema)
 
 
 def discriminative_optimizer(model, phase, steps_per_epoch=None):
@@ -491,6 +513,18 @@ class PhasedHistory(keras.callbacks.History):
 
 def _multi_label(model):
     return model.layers[-1].get_config().get("activation") == "sigmoid"
+
+
+def _one_hot(data, classes):
+    """Sparse integer labels -> one-hot float labels, for a dataset or an `(x, y)` pair."""
+    if data is None:
+        return None
+    if isinstance(data, tf.data.Dataset):
+        def encode(x, y):
+            return x, tf.one_hot(tf.reshape(tf.cast(y, "int32"), [-1]), classes)
+        return data.map(encode)
+    x, y = data
+    return x, np.eye(classes, dtype="float32")[np.asarray(y).reshape(-1).astype(int)]
 
 
 def _as_fit_inputs(data):

@@ -150,6 +150,7 @@ def _train(config, out, cache, callbacks, say, strategy=None):
             finetune_epochs=config.finetune_epochs, finetune_lr=finetune_lr,
             unfreeze_blocks=config.unfreeze_blocks, optimizer=config.optimizer,
             method=config.method, lora_rank=config.lora_rank,
+            label_smoothing=config.label_smoothing, ema=config.ema,
             schedule=config.schedule, warmup_epochs=config.warmup_epochs,
             lr_decay=config.lr_decay, gradual_epochs=config.gradual_epochs,
             cache=cache, cache_dir=os.path.join(out, "cache"),
@@ -179,7 +180,9 @@ def _train(config, out, cache, callbacks, say, strategy=None):
         os.replace(after_head, os.path.join(out, START_WEIGHTS))
     for scratch in ("backup", "cache"):  # Resume state and caches are no longer needed.
         shutil.rmtree(os.path.join(out, scratch), ignore_errors=True)
-    say(f"val_accuracy {metrics['val_accuracy']:.4f}, val_loss {metrics['val_loss']:.4f}")
+    accuracy = evaluation.describe_accuracy(metrics["val_accuracy"],
+                                            metrics["val_accuracy_ci95"], metrics["val_images"])
+    say(f"val_accuracy {accuracy}, val_loss {metrics['val_loss']:.4f}")
     say(f"visiontune: model saved to {os.path.abspath(os.path.join(out, 'model.keras'))}")
     return metrics
 
@@ -221,6 +224,8 @@ def _final_metrics(model, splits, history, out):
                           os.path.join(out, "val_predictions.png"))
     return {
         "val_accuracy": scores["accuracy"],
+        "val_accuracy_ci95": scores["accuracy_ci95"],
+        "val_images": scores["images"],
         "val_loss": val_loss,
         "class_names": list(splits.class_names),
         "per_class": scores["per_class"],

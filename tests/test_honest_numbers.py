@@ -1,0 +1,136 @@
+"""Honest accuracy: intervals on the reported figure, and no decision that reads it."""
+
+import json
+import os
+import shutil
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from visiontune import evaluation, train
+from conftest import write_image_folder
+
+FAST = ["--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",
+        "--head-epochs", "3", "--finetune-epochs", "2", "--batch-size", "8", "--quiet"]
+SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
+
+
+@pytest.mark.parametrize("successes, trials, low, high", [
+    (5, 10, 0.2366, 0.7634),     # textbook case: p = 0.5, n = 10
+    (0, 10, 0.0, 0.2775),        # z²/(n + z²): no collapse to a point at 0 successes
+    (10, 10, 0.7225, 1.0),
+    (94, 100, 0.8752, 0.9722),
+    (1, 1, 0.2065, 1.0),
+])
+def test_wilson_interval_matches_known_values(successes, trials, low, high):
+    got = evaluation.wilson_interval(successes, trials)
+    assert got == pytest.approx((low, high), abs=1e-4)
+    p = successes / trials
+    assert got[0] <= p <= got[1]
+
+
+def test_wilson_interval_narrows_with_more_images():
+    widths = [np.subtract(*evaluation.wilson_interval(9 * n, 10 * n)[::-1]) for n in (1, 10, 100)]
+    assert widths[0] > widths[1] > widths[2] > 0
+    assert evaluation.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def _split_folder(root, seed=0):
+    """train/ and val/ class folders of colour images."""
+    write_image_folder(os.path.join(root, "train"), n_per_class=10, seed=seed)
+    write_image_folder(os.path.join(root, "val"), n_per_class=4, seed=seed + 1)
+    return root
+
+
+def _permute_val_labels(src, dst):
+    """A copy whose validation images are moved to the next class's folder."""
+    shutil.copytree(src, dst)
+    val = os.path.join(dst, "val")
+    classes = sorted(os.listdir(val))
+    moved = {c: os.listdir(os.path.join(val, c)) for c in classes}
+    for i, c in enumerate(classes):
+        target = classes[(i + 1) % len(classes)]
+        for name in moved[c]:
+            os.replace(os.path.join(val, c, name), os.path.join(val, target, f"from-{c}-{name}"))
+    return dst
+
+
+def _weights(path):
+    return keras.saving.load_model(path).get_weights()
+
+
+def test_no_decision_in_a_run_reads_the_validation_labels(tmp_path, capsys):
+    data = _split_folder(str(tmp_path / "photos"))
+    permuted = _permute_val_labels(data, str(tmp_path / "permuted"))
+    runs = []
+    for name, folder in (("a", data), ("b", permuted)):
+        out = str(tmp_path / name)
+        assert train.main(["--data", folder, "--output", out, "--seed", "3", *FAST]) == 0
+        runs.append(out)
+    metrics = [json.load(open(os.path.join(r, "metrics.json"))) for r in runs]
+    # The validation labels differ (so the reported accuracy may differ) ...
+    assert metrics[0]["confusion_matrix"] != metrics[1]["confusion_matrix"]
+    # ... but the trained model does not depend on them.
+    for a, b in zip(_weights(os.path.join(runs[0], "model.keras")),
+                    _weights(os.path.join(runs[1], "model.keras"))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_run_reports_the_interval_and_the_count(tmp_path, capsys):
+    data = _split_folder(str(tmp_path / "photos"))
+    out = str(tmp_path / "run")
+    argv = ["--data", data, "--output", out, *[f for f in FAST if f != "--quiet"]]
+    assert train.main(argv) == 0
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["val_images"] == 12
+    correct = round(metrics["val_accuracy"] * 12)
+    assert metrics["val_accuracy_ci95"] == pytest.approx(
+        list(evaluation.wilson_interval(correct, 12)))
+    low, high = metrics["val_accuracy_ci95"]
+    assert f"val_accuracy {metrics['val_accuracy']:.3f} (95% CI {low:.2f}–{high:.2f}, " \
+           f"12 images)" in capsys.readouterr().out
+
+
+def test_transfer_suite_runs_end_to_end_and_reuses_stored_results(tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.syspath_prepend(os.path.abspath(SCRIPTS))
+    import transfer_suite
+
+    data = _split_folder(str(tmp_path / "tiny"))
+    results = str(tmp_path / "results.json")
+    argv = ["--datasets", data, "--seeds", "2", "--backbone", "mobilenetv2",
+            "--weights", "none", "--image-size", "32", "--recipe-epochs", "1,1",
+            "--common", "--head-epochs 1 --finetune-epochs 1 --batch-size 8",
+            "--variant", "fast-head=--head-lr 0.01", "--results", results]
+    found = transfer_suite.main(argv)
+    rows = json.load(open(results))
+    # probe and two visiontune recipes per seed, the keras.io recipe once.
+    methods = sorted(json.loads(k)[1] for k in rows)
+    assert methods == sorted(["probe"] * 2 + ["default"] * 2 + ["fast-head"] * 2 + ["keras.io"])
+    assert all(0 <= r["val_accuracy"] <= 1 and r["val_images"] == 12 for r in rows.values())
+    table = capsys.readouterr().out
+    assert "| dataset | train / val | probe | keras.io | default | fast-head |" in table
+    assert "30 / 12" in table and "(2)" in table
+    default = [r["val_accuracy"] for r in found[(data, "default")]]
+    probe = [r["val_accuracy"] for r in found[(data, "probe")]]
+    assert f"{100 * (np.mean(default) - np.mean(probe)):+.1f}" in table
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a stored result was computed again")
+
+    for name in ("run_probe", "run_keras_io", "run_variant"):
+        monkeypatch.setattr(transfer_suite, name, must_not_run)
+    again = transfer_suite.main(argv)
+    assert again == found
+    # A changed setting is a new result: only it runs.
+    calls = []
+    monkeypatch.setattr(transfer_suite, "run_variant",
+                        lambda config: calls.append(config) or {"val_accuracy": 0.5,
+                                                                 "val_images": 12,
+                                                                 "seconds": 1.0})
+    transfer_suite.main([*argv[:-4], "--variant", "fast-head=--head-lr 0.02",
+                         "--results", results])
+    assert [c.head_lr for c in calls] == [0.02, 0.02]
+    assert sys.modules["transfer_suite"] is transfer_suite
