@@ -64,14 +64,21 @@ def source_of(name, shared):
     return os.path.abspath(path)
 
 
-def code_version(*objects):
-    """A digest of the source that produced a result: visiontune's package plus `objects`."""
+# What the baselines run of visiontune: loading the data and building the backbone.
+BASELINE_MODULES = ("data.py", "images.py", "pipelines.py", "augment.py", "backbones.py",
+                    "lite.py", "weights.py", "torch_pickle.py")
+
+
+def code_version(*objects, modules=None):
+    """A digest of the source behind a result: visiontune's `modules` (all by default)
+    and `objects` (functions of this script)."""
     digest = hashlib.sha256()
     package = os.path.dirname(visiontune.__file__)
     for root, _, files in sorted(os.walk(package)):
         for name in sorted(f for f in files if f.endswith(".py")):
-            with open(os.path.join(root, name), "rb") as f:
-                digest.update(f.read())
+            if modules is None or (root == package and name in modules):
+                with open(os.path.join(root, name), "rb") as f:
+                    digest.update(f.read())
     for obj in objects:
         digest.update(inspect.getsource(obj).encode())
     return digest.hexdigest()[:16]
@@ -158,6 +165,11 @@ def run_keras_io(source, seed, args):
             "val_images": len(splits.val_files.labels),
             "train_images": len(splits.train_files.labels),
             "seconds": time.perf_counter() - began}
+
+
+# The code behind each baseline's numbers, for the results' keys (fixed at import).
+_PROBE_CODE = (linear_probe.pooled_features, linear_probe.fit_probe, run_probe)
+_KERAS_IO_CODE = (run_keras_io,)
 
 
 def variant_config(source, seed, flags, args):
@@ -291,9 +303,7 @@ def main(argv=None):
         source = source_of(dataset, args.shared)
         for seed in seeds:
             if not args.no_probe:
-                jobs.append((dataset, "probe", seed, common,
-                             code_version(linear_probe.pooled_features, linear_probe.fit_probe,
-                                          run_probe),
+                jobs.append((dataset, "probe", seed, common, code_version(*_PROBE_CODE, modules=BASELINE_MODULES),
                              lambda s=source, sd=seed: run_probe(s, sd, args)))
             for name, flags in args.variants.items():
                 config = variant_config(source, seed, flags, args)
@@ -301,7 +311,7 @@ def main(argv=None):
                              lambda c=config: run_variant(c)))
         if not args.no_keras_io:
             jobs.append((dataset, "keras.io", 0, {**common, "epochs": args.recipe_epochs},
-                         code_version(run_keras_io),
+                         code_version(*_KERAS_IO_CODE, modules=BASELINE_MODULES),
                          lambda s=source: run_keras_io(s, 0, args)))
     for n, (dataset, method, seed, settings, version, job) in enumerate(jobs, 1):
         key = Results.key(dataset, method, settings, seed, version)

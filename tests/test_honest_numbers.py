@@ -14,6 +14,9 @@ from conftest import write_image_folder
 
 FAST = ["--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",
         "--head-epochs", "3", "--finetune-epochs", "2", "--batch-size", "8", "--quiet"]
+# Real (packaged) weights, so that the model learns and its validation results mean something.
+LEARNS = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--head-lr", "0.01",
+          "--head-epochs", "4", "--finetune-epochs", "2", "--batch-size", "8", "--quiet"]
 SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
 
 
@@ -67,11 +70,11 @@ def test_no_decision_in_a_run_reads_the_validation_labels(tmp_path, capsys):
     runs = []
     for name, folder in (("a", data), ("b", permuted)):
         out = str(tmp_path / name)
-        assert train.main(["--data", folder, "--output", out, "--seed", "3", *FAST]) == 0
+        assert train.main(["--data", folder, "--output", out, "--seed", "3", *LEARNS]) == 0
         runs.append(out)
     metrics = [json.load(open(os.path.join(r, "metrics.json"))) for r in runs]
-    # The validation labels differ (so the reported accuracy may differ) ...
-    assert metrics[0]["confusion_matrix"] != metrics[1]["confusion_matrix"]
+    # The model learned the task, so the permuted labels are reported as mostly wrong ...
+    assert metrics[0]["val_accuracy"] >= 0.75 and metrics[1]["val_accuracy"] <= 0.25
     # ... but the trained model does not depend on them.
     for a, b in zip(_weights(os.path.join(runs[0], "model.keras")),
                     _weights(os.path.join(runs[1], "model.keras"))):

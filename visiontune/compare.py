@@ -62,7 +62,7 @@ def compare_methods(build, train, val, *, methods=tuple(VARIANTS), head_epochs=1
         head_epochs, finetune_epochs, unfreeze_blocks: As for `fine_tune`; the
             same region of top blocks for every method.
         learning_rates: Method name -> phase 2 rate (default
-            `finetune.FINETUNE_LR` of the method).
+            `finetune.default_finetune_lr` of the method).
         cache, seed: As for `fine_tune`; `seed` also seeds Keras before each
             training, so a comparison repeats exactly on the same machine.
         verbose: Print one line per method (`fine_tune` gets `verbose=0`

@@ -98,7 +98,8 @@ class TrainConfig:
     finetune_lr: typing.Optional[float] = _field(
         _RECIPE["finetune_lr"], "Schedule", "phase 2 peak learning rate (default: per "
         "method, " + ", ".join(f"{k} {v:g}" for k, v in finetune.FINETUNE_LR.items() if v)
-        + ")")
+        + f"; two-phase's shrinks in proportion below {finetune.FULL_RATE_IMAGES} training "
+        "images)")
     unfreeze_blocks: int = _field(
         _RECIPE["unfreeze_blocks"], "Schedule", "backbone blocks to unfreeze in phase 2, "
                                                 "counted from the top; BatchNorm stays frozen")

@@ -21,9 +21,21 @@ SCHEDULES = ("constant", "cosine")
 # What phase 2 trains: the top blocks' weights, only their BatchNorm affine parameters and
 # biases, only LoRA adapters on them, or nothing (phase 1 alone is a linear probe).
 METHODS = ("two-phase", "bn-bias", "lora", "linear-probe")
-# Phase 2 peak rates per method, measured on flowers-mini with EfficientNet-Lite0 (README,
-# "Methods"): adapters start at zero and BitFit moves few parameters, so both need more.
-FINETUNE_LR = {"two-phase": 3e-5, "bn-bias": 1e-3, "lora": 1e-3, "linear-probe": None}
+# Phase 2 peak rates per method. Adapters start at zero and BitFit moves few parameters, so
+# both need a high rate (README, "Methods"). For two-phase this is the rate from
+# `FULL_RATE_IMAGES` training images up; below that it shrinks in proportion
+# (`default_finetune_lr`): the transfer suite found that 200 near-ImageNet photos are
+# overfitted at a rate that 600 ultrasound images need (README, "How good is it").
+FINETUNE_LR = {"two-phase": 3e-4, "bn-bias": 1e-3, "lora": 1e-3, "linear-probe": None}
+FULL_RATE_IMAGES = 1000
+
+
+def default_finetune_lr(method, train_images=None):
+    """Phase 2's default peak rate for `method` and a training set of `train_images`."""
+    rate = FINETUNE_LR[method]
+    if method == "two-phase" and train_images:
+        rate *= min(1.0, train_images / FULL_RATE_IMAGES)
+    return rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +83,10 @@ class Phase:
 
 
 # Defaults measured on flowers-mini with EfficientNet-Lite0 (see README, "Defaults").
-def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_epochs=10,
+def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_epochs=10,
               finetune_lr=None, unfreeze_blocks=2, optimizer="adam", finetune_optimizer=None,
               schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0,
-              method="two-phase", lora_rank=8, label_smoothing=0.0, ema=0.0,
+              method="two-phase", lora_rank=8, label_smoothing=0.1, ema=0.0,
               class_weight=None, callbacks=None,
               cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
               backup_dir=None, jit_compile=False, strategy=None, verbose="auto"):
@@ -93,7 +105,8 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
         head_epochs: Phase 1 epochs; 0 skips the phase.
         head_lr: Phase 1 learning rate.
         finetune_epochs: Phase 2 epochs; 0 skips the phase.
-        finetune_lr: Phase 2 (peak) learning rate; default `FINETUNE_LR[method]`.
+        finetune_lr: Phase 2 (peak) learning rate; default
+            `default_finetune_lr(method, training images)`.
         unfreeze_blocks: Top blocks to unfreeze in phase 2 (or to give
             adapters, or whose BatchNorm and biases train).
         optimizer: `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9), or `"rmsprop"`.
@@ -123,8 +136,8 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
             model ends with the averaged weights. 0 turns it off.
         label_smoothing: Mixes each one-hot target with the uniform
             distribution by this much (Szegedy et al. 2016), in both phases.
-            Sparse labels are turned one-hot for it. Not for multi-label
-            models.
+            Sparse labels are turned one-hot for it. Multi-label (sigmoid)
+            models ignore it.
         class_weight: Passed to `fit`.
         callbacks: Keras callbacks, passed to both phases. They always see the
             whole classifier as `self.model`, also when a phase trains on
@@ -174,7 +187,9 @@ def fine_tune(model, train, val=None, *, head_epochs=10, head_lr=3e-3, finetune_
     phases = [Phase("head", head_epochs, head_lr, 0, optimizer)]
     if method != "linear-probe":
         phases += finetune_phases(
-            finetune_epochs, FINETUNE_LR[method] if finetune_lr is None else finetune_lr,
+            finetune_epochs,
+            default_finetune_lr(method, caching.count_images(train)) if finetune_lr is None
+            else finetune_lr,
             unfreeze_blocks,
             finetune_optimizer or optimizer, schedule, warmup_epochs, lr_decay,
             gradual_epochs, method="unfreeze" if method == "two-phase" else method,

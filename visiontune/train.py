@@ -138,7 +138,8 @@ def _train(config, out, cache, callbacks, say, strategy=None):
     scale = distribute.replicas(strategy) if config.scale_lr else 1
     finetune_lr = config.finetune_lr
     if scale != 1 and config.method != "linear-probe":
-        finetune_lr = (finetune_lr or finetune.FINETUNE_LR[config.method]) * scale
+        finetune_lr = (finetune_lr or finetune.default_finetune_lr(
+            config.method, len(splits.train_files.labels))) * scale
     callbacks = [*(callbacks or []),
                  keras.callbacks.ModelCheckpoint(os.path.join(out, "best.keras"),
                                                  monitor="val_loss", save_best_only=True),
