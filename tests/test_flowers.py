@@ -22,5 +22,6 @@ def test_default_recipe_beats_the_linear_probe_on_flowers_mini(tmp_path):
     print(f"flowers-mini, defaults: val_accuracy {metrics['val_accuracy']:.3f}, "
           f"wall time {metrics['wall_time_s']}")
     assert metrics["class_names"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
-    assert metrics["epochs"] == {"head": 10, "finetune": 10}
+    assert metrics["epochs"] == {"head": 30, "finetune": 10}
+    assert metrics["val_images"] == 100
     assert metrics["val_accuracy"] >= 0.88

@@ -86,7 +86,7 @@ class Phase:
 def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_epochs=10,
               finetune_lr=None, unfreeze_blocks=2, optimizer="adam", finetune_optimizer=None,
               schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0,
-              method="two-phase", lora_rank=8, label_smoothing=0.1, ema=0.0,
+              method="two-phase", lora_rank=8, label_smoothing=0.0, ema=0.0,
               class_weight=None, callbacks=None,
               cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
               backup_dir=None, jit_compile=False, strategy=None, verbose="auto"):
