@@ -128,3 +128,62 @@ def test_no_epochs_leaves_the_model_frozen_and_untouched():
                                    unfreeze_blocks=3)
     assert history.epoch == [] and history.phases == []
     assert not visiontune.find_backbone(model).trainable_weights
+
+
+@pytest.mark.parametrize("cache", ["off", "memory"])
+def test_label_smoothing_trains_on_the_smoothed_cross_entropy(cache):
+    x, y = color_images(8, size=32, seed=3)
+    model = visiontune.build_classifier(tiny_backbone(), 3, dropout=0.0, l2=0.0)
+    # Confident predictions first, so that smoothing the targets changes the loss clearly.
+    visiontune.fine_tune(model, (x, y), head_epochs=8, head_lr=0.05, finetune_epochs=0,
+                         verbose=0)
+    probs = model.predict(x, verbose=0)
+    targets = 0.7 * np.eye(3)[y] + 0.3 / 3  # label_smoothing=0.3 over 3 classes
+    expected = float(np.mean(-np.sum(targets * np.log(probs), axis=1)))
+    plain = float(np.mean(-np.log(probs[np.arange(len(y)), y])))
+    history = visiontune.fine_tune(model, (x, y), head_epochs=1, head_lr=1e-12,
+                                   finetune_epochs=0, label_smoothing=0.3, cache=cache,
+                                   verbose=0)
+    # At a rate of 1e-12 the epoch's mean loss is the loss of the model as it was.
+    assert history.history["loss"][0] == pytest.approx(expected, rel=1e-3)
+    assert abs(expected - plain) > 0.05  # The smoothing is visible at this tolerance.
+
+
+def test_label_smoothing_out_of_range_is_a_clear_error():
+    model = visiontune.build_classifier(tiny_backbone(), 3)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        visiontune.fine_tune(model, datasets()[0], label_smoothing=1.0)
+
+
+def test_ema_ends_phase_2_on_the_moving_average_of_its_weights():
+    x, y = color_images(8, size=32, seed=4)
+    model = visiontune.build_classifier(tiny_backbone(), 3, dropout=0.0)
+    visiontune.fine_tune(model, (x, y), head_epochs=1, finetune_epochs=0, verbose=0)
+    kernel = model.layers[-1].kernel
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(np.array(kernel.numpy())))
+    visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=3, finetune_lr=1e-2,
+                         schedule="constant", ema=0.5, callbacks=[record], verbose=0)
+    # Keras's EMA: the first step copies the weights, each later one mixes in `1 - momentum`.
+    average = seen[0]
+    for weights in seen[1:]:
+        average = 0.5 * average + 0.5 * weights
+    assert len(seen) == 3 and not np.allclose(seen[-1], average, atol=1e-6)
+    np.testing.assert_allclose(kernel.numpy(), average, rtol=1e-5, atol=1e-6)
+
+
+def test_the_default_phase_2_rate_shrinks_with_fewer_training_images():
+    full = finetune.FINETUNE_LR["two-phase"]
+    assert finetune.default_finetune_lr("two-phase", 5000) == full
+    assert finetune.default_finetune_lr("two-phase", finetune.FULL_RATE_IMAGES) == full
+    assert finetune.default_finetune_lr("two-phase", 200) == pytest.approx(
+        full * 200 / finetune.FULL_RATE_IMAGES)
+    assert finetune.default_finetune_lr("two-phase", None) == full
+    assert finetune.default_finetune_lr("lora", 200) == finetune.FINETUNE_LR["lora"]
+    x, y = color_images(10, size=32, seed=5)  # 30 images
+    model = visiontune.build_classifier(tiny_backbone(), 3)
+    history = visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=1, verbose=0)
+    assert history.phases[0]["name"] == "finetune"
+    rate = model.optimizer.learning_rate  # After 1 epoch of 1 warmup epoch: the peak.
+    assert float(rate) == pytest.approx(full * 30 / finetune.FULL_RATE_IMAGES, rel=1e-4)
