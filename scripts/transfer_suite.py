@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 import linear_probe  # noqa: E402  (scripts/ is on sys.path when this file runs)
 import visiontune  # noqa: E402
-from visiontune import backbones, config as config_lib, data, train  # noqa: E402
+from visiontune import backbones, config as config_lib, data, rundir, train  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "..", "shared", "datasets")
@@ -67,20 +67,25 @@ def source_of(name, shared):
 # What the baselines run of visiontune: loading the data and building the backbone.
 BASELINE_MODULES = ("data.py", "images.py", "pipelines.py", "augment.py", "backbones.py",
                     "lite.py", "weights.py", "torch_pickle.py")
+# Modules that a training run does not execute (or only for plots): editing them reruns nothing.
+NOT_TRAINING = ("evaluate.py", "predict.py", "export.py", "serving.py", "doctor.py",
+                "lr_find.py", "compare.py", "plots.py", "interpolate.py")
 
 
-def code_version(*objects, modules=None):
-    """A digest of the source behind a result: visiontune's `modules` (all by default)
-    and `objects` (functions of this script)."""
+def code_version(*sources, modules=None):
+    """A digest of the source behind a result: visiontune's `modules` (by default every
+    module a training run executes) and `sources` (functions or modules of scripts/)."""
     digest = hashlib.sha256()
     package = os.path.dirname(visiontune.__file__)
     for root, _, files in sorted(os.walk(package)):
         for name in sorted(f for f in files if f.endswith(".py")):
-            if modules is None or (root == package and name in modules):
+            wanted = (name not in NOT_TRAINING if modules is None
+                      else root == package and name in modules)
+            if wanted:
                 with open(os.path.join(root, name), "rb") as f:
                     digest.update(f.read())
-    for obj in objects:
-        digest.update(inspect.getsource(obj).encode())
+    for source in sources:
+        digest.update(inspect.getsource(source).encode())
     return digest.hexdigest()[:16]
 
 
@@ -104,10 +109,7 @@ class Results:
     def put(self, key, row):
         self.rows[key] = row
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        partial = self.path + ".partial"
-        with open(partial, "w") as f:
-            json.dump(self.rows, f, indent=1, sort_keys=True)
-        os.replace(partial, self.path)  # Atomic: a killed suite keeps every finished row.
+        rundir.write_json(self.path, self.rows)  # Atomic: a killed suite keeps every row.
 
 
 # ------------------------------------------------------------------ the three kinds of run
@@ -168,7 +170,7 @@ def run_keras_io(source, seed, args):
 
 
 # The code behind each baseline's numbers, for the results' keys (fixed at import).
-_PROBE_CODE = (linear_probe.pooled_features, linear_probe.fit_probe, run_probe)
+_PROBE_CODE = (linear_probe, run_probe)
 _KERAS_IO_CODE = (run_keras_io,)
 
 
@@ -217,24 +219,30 @@ def _mean_sd(values):
 
 
 def table(found, datasets, methods, seeds):
-    """Markdown: accuracy mean ± sd per dataset and method, differences from the probe."""
+    """Markdown: accuracy mean ± sd per dataset and method, differences from the probe.
+
+    `found[(dataset, method)]` maps seeds to result rows. Each difference
+    compares a method with the probe on the seeds both have (the keras.io
+    recipe: seed 0), since on digits every seed is another split.
+    """
     head = ["dataset", "train / val", *methods,
             *[f"{m} − probe" for m in methods if m != "probe"]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     gaps = {m: [] for m in methods if m != "probe"}
     for dataset in datasets:
-        rows = {m: found.get((dataset, m), []) for m in methods}
+        rows = {m: found.get((dataset, m), {}) for m in methods}
         sizes = next((f"{r.get('train_images', '?')} / {r['val_images']}"
-                      for rs in rows.values() for r in rs if r.get("val_images")), "?")
+                      for rs in rows.values() for r in rs.values() if r.get("val_images")), "?")
         cells = [dataset, sizes]
         for m in methods:
-            acc = [r["val_accuracy"] for r in rows[m]]
+            acc = [r["val_accuracy"] for r in rows[m].values()]
             cells.append(_mean_sd(acc) + (f" ({len(acc)})" if acc else ""))
-        probe = [r["val_accuracy"] for r in rows.get("probe", [])]
+        probe = rows.get("probe", {})
         for m in gaps:
-            acc = [r["val_accuracy"] for r in rows[m]]
-            if acc and probe:
-                gap = 100 * (statistics.fmean(acc) - statistics.fmean(probe))
+            common = sorted(set(rows[m]) & set(probe))
+            if common:
+                gap = 100 * statistics.fmean(rows[m][s]["val_accuracy"] - probe[s]["val_accuracy"]
+                                             for s in common)
                 gaps[m].append(gap)
                 cells.append(f"{gap:+.1f}")
             else:
@@ -247,11 +255,14 @@ def table(found, datasets, methods, seeds):
     lines.append("| " + " | ".join(mean_row) + " |")
     times = ["", "mean wall time (s)"]
     for m in methods:
-        secs = [r["seconds"] for d in datasets for r in found.get((d, m), [])]
+        secs = [r["seconds"] for d in datasets for r in found.get((d, m), {}).values()]
         times.append(f"{statistics.fmean(secs):.0f}" if secs else "")
     lines.append("| " + " | ".join(times + [""] * len(gaps)) + " |")
     lines.append(f"\nAccuracy: validation accuracy, mean ± sd over the seeds (count in "
-                 f"brackets; seeds {', '.join(map(str, seeds))}); differences in points.")
+                 f"brackets; seeds {', '.join(map(str, seeds))}); differences in points, "
+                 "against the probe on the same seeds. Wall time: whole run, data loading "
+                 "included; the probe extracts features once per split and reuses them for "
+                 "the other seeds.")
     return "\n".join(lines)
 
 
@@ -322,7 +333,7 @@ def main(argv=None):
             row = job()
             results.put(key, row)
             state = f"ran in {row['seconds']:.0f} s"
-        found.setdefault((dataset, method), []).append(row)
+        found.setdefault((dataset, method), {})[seed] = row
         print(f"[{n}/{len(jobs)}] {dataset} {method} seed {seed}: "
               f"{row['val_accuracy']:.3f} ({state})", file=sys.stderr, flush=True)
     methods = [*([] if args.no_probe else ["probe"]),

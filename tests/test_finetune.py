@@ -130,8 +130,9 @@ def test_no_epochs_leaves_the_model_frozen_and_untouched():
     assert not visiontune.find_backbone(model).trainable_weights
 
 
-@pytest.mark.parametrize("cache", ["off", "memory"])
-def test_label_smoothing_trains_on_the_smoothed_cross_entropy(cache):
+@pytest.mark.parametrize("cache, phase", [("off", "head"), ("memory", "head"),
+                                          ("memory", "finetune")])
+def test_label_smoothing_trains_on_the_smoothed_cross_entropy(cache, phase):
     x, y = color_images(8, size=32, seed=3)
     model = visiontune.build_classifier(tiny_backbone(), 3, dropout=0.0, l2=0.0)
     # Confident predictions first, so that smoothing the targets changes the loss clearly.
@@ -141,9 +142,11 @@ def test_label_smoothing_trains_on_the_smoothed_cross_entropy(cache):
     targets = 0.7 * np.eye(3)[y] + 0.3 / 3  # label_smoothing=0.3 over 3 classes
     expected = float(np.mean(-np.sum(targets * np.log(probs), axis=1)))
     plain = float(np.mean(-np.log(probs[np.arange(len(y)), y])))
-    history = visiontune.fine_tune(model, (x, y), head_epochs=1, head_lr=1e-12,
-                                   finetune_epochs=0, label_smoothing=0.3, cache=cache,
-                                   verbose=0)
+    epochs = {"head_epochs": 1, "finetune_epochs": 0} if phase == "head" else {
+        "head_epochs": 0, "finetune_epochs": 1, "schedule": "constant"}
+    history = visiontune.fine_tune(model, (x, y), head_lr=1e-12, finetune_lr=1e-12,
+                                   label_smoothing=0.3, cache=cache, verbose=0, **epochs)
+    assert history.history["phase"] == [phase]
     # At a rate of 1e-12 the epoch's mean loss is the loss of the model as it was.
     assert history.history["loss"][0] == pytest.approx(expected, rel=1e-3)
     assert abs(expected - plain) > 0.05  # The smoothing is visible at this tolerance.
@@ -164,11 +167,11 @@ def test_ema_ends_phase_2_on_the_moving_average_of_its_weights():
     record = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: seen.append(np.array(kernel.numpy())))
     visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=3, finetune_lr=1e-2,
-                         schedule="constant", ema=0.5, callbacks=[record], verbose=0)
+                         schedule="constant", ema=0.8, callbacks=[record], verbose=0)
     # Keras's EMA: the first step copies the weights, each later one mixes in `1 - momentum`.
     average = seen[0]
     for weights in seen[1:]:
-        average = 0.5 * average + 0.5 * weights
+        average = 0.8 * average + 0.2 * weights
     assert len(seen) == 3 and not np.allclose(seen[-1], average, atol=1e-6)
     np.testing.assert_allclose(kernel.numpy(), average, rtol=1e-5, atol=1e-6)
 
@@ -187,3 +190,8 @@ def test_the_default_phase_2_rate_shrinks_with_fewer_training_images():
     assert history.phases[0]["name"] == "finetune"
     rate = model.optimizer.learning_rate  # After 1 epoch of 1 warmup epoch: the peak.
     assert float(rate) == pytest.approx(full * 30 / finetune.FULL_RATE_IMAGES, rel=1e-4)
+    # A batched dataset counts in whole batches: 30 images in 4 batches of 8 are 32.
+    batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    visiontune.fine_tune(model, batched, head_epochs=0, finetune_epochs=1, verbose=0)
+    assert float(model.optimizer.learning_rate) == pytest.approx(
+        full * 32 / finetune.FULL_RATE_IMAGES, rel=1e-4)

@@ -113,12 +113,19 @@ def test_transfer_suite_runs_end_to_end_and_reuses_stored_results(tmp_path, caps
     methods = sorted(json.loads(k)[1] for k in rows)
     assert methods == sorted(["probe"] * 2 + ["default"] * 2 + ["fast-head"] * 2 + ["keras.io"])
     assert all(0 <= r["val_accuracy"] <= 1 and r["val_images"] == 12 for r in rows.values())
-    table = capsys.readouterr().out
-    assert "| dataset | train / val | probe | keras.io | default | fast-head |" in table
-    assert "30 / 12" in table and "(2)" in table
-    default = [r["val_accuracy"] for r in found[(data, "default")]]
-    probe = [r["val_accuracy"] for r in found[(data, "probe")]]
-    assert f"{100 * (np.mean(default) - np.mean(probe)):+.1f}" in table
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| dataset | train / val | probe | keras.io | default | fast-head | "
+                        "keras.io − probe | default − probe | fast-head − probe |")
+    cells = [c.strip() for c in next(line for line in lines
+                                     if line.startswith(f"| {data} |")).split("|")[1:-1]]
+    assert cells[1] == "30 / 12"
+    acc = {m: [found[(data, m)][s]["val_accuracy"] for s in (0, 1)]
+           for m in ("probe", "default")}
+    assert cells[4].startswith(f"{np.mean(acc['default']):.3f} ± ") and cells[4].endswith("(2)")
+    assert cells[3].endswith("(1)")  # keras.io: seed 0 only
+    assert cells[7] == f"{100 * (np.mean(acc['default']) - np.mean(acc['probe'])):+.1f}"
+    keras_io = found[(data, "keras.io")][0]["val_accuracy"]
+    assert cells[6] == f"{100 * (keras_io - found[(data, 'probe')][0]['val_accuracy']):+.1f}"
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a stored result was computed again")
@@ -127,8 +134,23 @@ def test_transfer_suite_runs_end_to_end_and_reuses_stored_results(tmp_path, caps
         monkeypatch.setattr(transfer_suite, name, must_not_run)
     again = transfer_suite.main(argv)
     assert again == found
+    # Another code version is another result: a key without it would reuse stale numbers.
+    calls = []
+    monkeypatch.setattr(transfer_suite, "code_version", lambda *a, **k: "edited")
+    monkeypatch.setattr(transfer_suite, "run_probe",
+                        lambda *a: calls.append("probe") or dict(found[(data, "probe")][0]))
+    monkeypatch.setattr(transfer_suite, "run_variant",
+                        lambda config: calls.append("variant") or dict(found[(data, "default")][0]))
+    monkeypatch.setattr(transfer_suite, "run_keras_io",
+                        lambda *a: calls.append("keras.io") or dict(found[(data, "keras.io")][0]))
+    transfer_suite.main(argv)
+    assert sorted(calls) == sorted(["probe"] * 2 + ["variant"] * 4 + ["keras.io"])
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(os.path.abspath(SCRIPTS))
     # A changed setting is a new result: only it runs.
     calls = []
+    for name in ("run_probe", "run_keras_io"):
+        monkeypatch.setattr(transfer_suite, name, must_not_run)
     monkeypatch.setattr(transfer_suite, "run_variant",
                         lambda config: calls.append(config) or {"val_accuracy": 0.5,
                                                                  "val_images": 12,

@@ -48,9 +48,9 @@ def main(argv=None):
     except (ValueError, OSError) as error:
         print(f"visiontune.evaluate: error: {error}", file=sys.stderr)
         return 2
-    print(f"accuracy {evaluation.describe_accuracy(
-        metrics['accuracy'], metrics['accuracy_ci95'], metrics['images'])}; "
-          f"metrics and plots in {os.path.abspath(out)}")
+    accuracy = evaluation.describe_accuracy(metrics["accuracy"], metrics["accuracy_ci95"],
+                                            metrics["images"])
+    print(f"accuracy {accuracy}; metrics and plots in {os.path.abspath(out)}")
     return 0
 
 

@@ -31,7 +31,12 @@ FULL_RATE_IMAGES = 1000
 
 
 def default_finetune_lr(method, train_images=None):
-    """Phase 2's default peak rate for `method` and a training set of `train_images`."""
+    """Phase 2's default peak rate for `method` and a training set of `train_images`.
+
+    `fine_tune` counts a batched dataset in whole batches (`caching.count_images`),
+    so flowers-mini's 200 images in 7 batches of 32 count as 224: 6.7e-5. An
+    unknown count gets the full rate, and `fine_tune` says so.
+    """
     rate = FINETUNE_LR[method]
     if method == "two-phase" and train_images:
         rate *= min(1.0, train_images / FULL_RATE_IMAGES)
@@ -132,12 +137,15 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
             folds them into plain kernels. `"linear-probe"`: no phase 2.
         lora_rank: Rank of the LoRA adapters.
         ema: Phase 2 keeps an exponential moving average of the trained
-            weights with this momentum per step (Keras's `use_ema`), and the
-            model ends with the averaged weights. 0 turns it off.
+            weights with this momentum per step (Keras's `use_ema`, without
+            bias correction), and the model ends with the averaged weights.
+            Each epoch's validation figures come from the raw weights. 0
+            turns it off.
         label_smoothing: Mixes each one-hot target with the uniform
             distribution by this much (Szegedy et al. 2016), in both phases.
-            Sparse labels are turned one-hot for it. Multi-label (sigmoid)
-            models ignore it.
+            Sparse labels are turned one-hot for it. The `val_loss` that
+            `fit` logs (and `ModelCheckpoint` monitors) is then the smoothed
+            loss too. Multi-label (sigmoid) models ignore it.
         class_weight: Passed to `fit`.
         callbacks: Keras callbacks, passed to both phases. They always see the
             whole classifier as `self.model`, also when a phase trains on
@@ -186,10 +194,15 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
                          f"unfreeze_blocks={unfreeze_blocks!r}.")
     phases = [Phase("head", head_epochs, head_lr, 0, optimizer)]
     if method != "linear-probe":
+        if finetune_lr is None:
+            images = caching.count_images(train)
+            finetune_lr = default_finetune_lr(method, images)
+            if images is None and method == "two-phase" and finetune_epochs and verbose != 0:
+                print(f"Phase 2 rate: the training data's size is unknown, so the default "
+                      f"rate is {finetune_lr:g}, meant for {FULL_RATE_IMAGES}+ images; pass "
+                      "finetune_lr for a smaller set.")
         phases += finetune_phases(
-            finetune_epochs,
-            default_finetune_lr(method, caching.count_images(train)) if finetune_lr is None
-            else finetune_lr,
+            finetune_epochs, finetune_lr,
             unfreeze_blocks,
             finetune_optimizer or optimizer, schedule, warmup_epochs, lr_decay,
             gradual_epochs, method="unfreeze" if method == "two-phase" else method,
@@ -535,11 +548,13 @@ def _one_hot(data, classes):
     if data is None:
         return None
     if isinstance(data, tf.data.Dataset):
-        def encode(x, y):
-            return x, tf.one_hot(tf.reshape(tf.cast(y, "int32"), [-1]), classes)
+        def encode(x, y, *sample_weight):
+            return (x, tf.one_hot(tf.reshape(tf.cast(y, "int32"), [-1]), classes),
+                    *sample_weight)
         return data.map(encode)
-    x, y = data
-    return x, np.eye(classes, dtype="float32")[np.asarray(y).reshape(-1).astype(int)]
+    x, y, *sample_weight = data
+    return (x, np.eye(classes, dtype="float32")[np.asarray(y).reshape(-1).astype(int)],
+            *sample_weight)
 
 
 def _as_fit_inputs(data):

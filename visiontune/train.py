@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 import visiontune
-from visiontune import (classifier, config as config_lib, data, distribute, evaluation, finetune,
-                        freezing, images, plots, rundir)
+from visiontune import (caching, classifier, config as config_lib, data, distribute, evaluation,
+                        finetune, freezing, images, plots, rundir)
 from visiontune.interpolate import START_WEIGHTS
 
 
@@ -139,7 +139,7 @@ def _train(config, out, cache, callbacks, say, strategy=None):
     finetune_lr = config.finetune_lr
     if scale != 1 and config.method != "linear-probe":
         finetune_lr = (finetune_lr or finetune.default_finetune_lr(
-            config.method, len(splits.train_files.labels))) * scale
+            config.method, caching.count_images(splits.train))) * scale
     callbacks = [*(callbacks or []),
                  keras.callbacks.ModelCheckpoint(os.path.join(out, "best.keras"),
                                                  monitor="val_loss", save_best_only=True),
