@@ -24,6 +24,7 @@ time, and each recipe's difference from the probe.
 """
 
 import argparse
+import ast
 import contextlib
 import csv
 import dataclasses
@@ -36,6 +37,7 @@ import shlex
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -72,9 +74,27 @@ NOT_TRAINING = ("evaluate.py", "predict.py", "export.py", "serving.py", "doctor.
                 "lr_find.py", "compare.py", "plots.py", "interpolate.py")
 
 
+def _semantics(source):
+    """The code's abstract syntax tree without docstrings: what it does, not how it is laid
+    out, so that reformatting, comments and docstrings do not rerun stored results."""
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def code_version(*sources, modules=None):
     """A digest of the source behind a result: visiontune's `modules` (by default every
-    module a training run executes) and `sources` (functions or modules of scripts/)."""
+    module a training run executes) and `sources` (functions or modules of scripts/).
+
+    It digests each file's syntax tree without docstrings (`_semantics`), so a lint fix
+    or a comment keeps stored results; any change to what the code does reruns them.
+    """
     digest = hashlib.sha256()
     package = os.path.dirname(visiontune.__file__)
     for root, _, files in sorted(os.walk(package)):
@@ -82,10 +102,10 @@ def code_version(*sources, modules=None):
             wanted = (name not in NOT_TRAINING if modules is None
                       else root == package and name in modules)
             if wanted:
-                with open(os.path.join(root, name), "rb") as f:
-                    digest.update(f.read())
+                with open(os.path.join(root, name), encoding="utf-8") as f:
+                    digest.update(_semantics(f.read()).encode())
     for source in sources:
-        digest.update(inspect.getsource(source).encode())
+        digest.update(_semantics(inspect.getsource(source)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -314,7 +334,8 @@ def main(argv=None):
         source = source_of(dataset, args.shared)
         for seed in seeds:
             if not args.no_probe:
-                jobs.append((dataset, "probe", seed, common, code_version(*_PROBE_CODE, modules=BASELINE_MODULES),
+                jobs.append((dataset, "probe", seed, common,
+                             code_version(*_PROBE_CODE, modules=BASELINE_MODULES),
                              lambda s=source, sd=seed: run_probe(s, sd, args)))
             for name, flags in args.variants.items():
                 config = variant_config(source, seed, flags, args)

@@ -159,3 +159,19 @@ def test_transfer_suite_runs_end_to_end_and_reuses_stored_results(tmp_path, caps
                          "--results", results])
     assert [c.head_lr for c in calls] == [0.02, 0.02]
     assert sys.modules["transfer_suite"] is transfer_suite
+
+
+def test_suite_code_version_ignores_layout_but_not_behaviour(monkeypatch):
+    """Stored results survive a lint fix or a comment, and never a change in what runs."""
+    monkeypatch.syspath_prepend(os.path.abspath(SCRIPTS))
+    import transfer_suite
+
+    code = 'def rate(n):\n    """Doc."""\n    return 3e-4 * min(1.0, n / 1000)  # peak\n'
+    relaid = ('def rate(n):\n    """Another docstring."""\n    # a comment\n'
+              '    return (3e-4\n            * min(1.0, n / 1000))\n')
+    changed = 'def rate(n):\n    """Doc."""\n    return 1e-4 * min(1.0, n / 1000)\n'
+    assert transfer_suite._semantics(relaid) == transfer_suite._semantics(code)
+    assert transfer_suite._semantics(changed) != transfer_suite._semantics(code)
+    # A module docstring, and a function left with only its docstring, stay valid trees.
+    assert transfer_suite._semantics('"""Module."""\ndef f():\n    """Only this."""\n') == \
+        transfer_suite._semantics("def f():\n    pass\n")
