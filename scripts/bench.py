@@ -209,8 +209,8 @@ def main():
     print(f"{args.data}: {n_train} training and {len(splits.val_files.paths)} validation "
           f"images; {args.backbone} at {size[0]}x{size[1]}, weights={args.weights}, "
           f"{args.head_epochs}+{args.finetune_epochs} epochs, top {args.unfreeze_blocks} "
-          f"blocks in phase 2, jit_compile={args.jit_compile}; {os.cpu_count()} CPUs, TF {tf.__version__}, "
-          f"Keras {keras.__version__}")
+          f"blocks in phase 2, jit_compile={args.jit_compile}; {os.cpu_count()} CPUs, "
+          f"TF {tf.__version__}, Keras {keras.__version__}")
 
     variants = {"baseline": lambda: baseline(args, splits, size),
                 "visiontune": lambda: toolkit(args, splits, size, "auto"),
@@ -236,7 +236,7 @@ def main():
     def median(name, pick):
         return statistics.median(pick(r) for r in results[name])
 
-    base = {phase: median("baseline", lambda r: r[0][phase]) for phase in ("head", "finetune")}
+    base = {phase: median("baseline", lambda r, p=phase: r[0][p]) for phase in ("head", "finetune")}
     header = (f"{'variant':<20} {'phase 1 s':>9} {'ratio':>6} {'phase 2 s':>9} {'ratio':>6} "
               f"{'total s':>8} {'ratio':>6} {'p1 img/s':>8} {'p2 img/s':>8} "
               f"{'input img/s':>11} {'peak RSS':>9} {'val acc':>7}")
@@ -244,7 +244,7 @@ def main():
     for name in variants:
         head = median(name, lambda r: r[0]["head"])
         tune = median(name, lambda r: r[0]["finetune"])
-        rate = {phase: n_train / median(name, lambda r: statistics.median(r[1][phase]))
+        rate = {phase: n_train / median(name, lambda r, p=phase: statistics.median(r[1][p]))
                 for phase in ("head", "finetune")}
         peak = median(name, lambda r: r[-1]) / 2**30
         acc = median(name, lambda r: r[2])
@@ -277,10 +277,10 @@ def main():
             f"{phase} " + " ".join(f"{t:.1f}" for t in seconds[phase]) for phase in seconds))
     modes = "; ".join(f"{name}: phase 1 {results[name][0][3][0]}, phase 2 {results[name][0][3][1]}"
                       for name in variants if name != "baseline")
-    print(f"\nratio = variant / baseline (below 1 is faster). Cache modes: {modes}. img/s = training images / median epoch "
-          f"time (epochs include validation; phase 1 of a cached run is mostly the one "
-          f"caching pass). Peak RSS is the process's, so later variants include what "
-          f"earlier ones left allocated.")
+    print(f"\nratio = variant / baseline (below 1 is faster). Cache modes: {modes}. "
+          f"img/s = training images / median epoch time (epochs include validation; "
+          f"phase 1 of a cached run is mostly the one caching pass). Peak RSS is the "
+          f"process's, so later variants include what earlier ones left allocated.")
 
 
 if __name__ == "__main__":

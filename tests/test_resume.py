@@ -90,7 +90,8 @@ def test_sigkill_in_phase_2_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert crash.returncode == -signal.SIGKILL, crash.stderr
     assert not os.path.exists(os.path.join(killed, "metrics.json"))
     resumed = subprocess.run([sys.executable, "-m", "visiontune.train", "--output", killed,
-                              "--resume", "--no-quiet"], env=env, timeout=600, capture_output=True, text=True)
+                              "--resume", "--no-quiet"], env=env, timeout=600,
+                             capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming after the head phase" in resumed.stdout
     expected = json.load(open(os.path.join(reference, "metrics.json")))

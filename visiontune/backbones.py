@@ -208,7 +208,7 @@ class Block:
 
 
 def backbone_blocks(backbone, block_patterns=None):
-    """Groups a backbone's layers into ordered blocks, from the stem upwards.
+    r"""Groups a backbone's layers into ordered blocks, from the stem upwards.
 
     Args:
         backbone: A functional `keras.Model`.

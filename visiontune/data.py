@@ -367,10 +367,10 @@ def load_tfds(source, image_size, batch_size=32, validation_split=0.2, seed=0,
 
     train_labels, val_labels = labels(train_split), labels(val_split)
     return DataSplits(
-        train=pipelines.finish(train.map(pipelines.resize_fn(image_size, resize)), len(train_labels),
-                      image_size, batch_size, True, seed),
-        val=pipelines.finish(val.map(pipelines.resize_fn(image_size, resize)), len(val_labels), image_size,
-                    batch_size),
+        train=pipelines.finish(train.map(pipelines.resize_fn(image_size, resize)),
+                               len(train_labels), image_size, batch_size, True, seed),
+        val=pipelines.finish(val.map(pipelines.resize_fn(image_size, resize)),
+                             len(val_labels), image_size, batch_size),
         class_names=list(names),
         train_files=ImageFiles([f"{name}:{train_split}[{i}]" for i in range(len(train_labels))],
                                train_labels, list(names)),

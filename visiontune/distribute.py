@@ -32,7 +32,8 @@ def make_strategy(name):
     if name in ("auto", "mirrored"):
         strategy = tf.distribute.MirroredStrategy()
         devices = ", ".join(strategy.extended.worker_devices)
-        return strategy, f"MirroredStrategy over {strategy.num_replicas_in_sync} devices ({devices})"
+        return strategy, (f"MirroredStrategy over {strategy.num_replicas_in_sync} "
+                          f"devices ({devices})")
     if name == "multiworker":
         cluster = _tf_config()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()

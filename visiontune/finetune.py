@@ -228,9 +228,9 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
               f"from {backup_dir}")
     for phase in (p for p in phases if p.epochs and p.name not in done):
         run_phase(model, phase, train, val, history, callbacks=callbacks,
-                  class_weight=class_weight, label_smoothing=label_smoothing, cache=cache, cache_dir=cache_dir,
-                  cache_copies=cache_copies, shuffle=shuffle, seed=seed, journal=journal,
-                  jit_compile=jit_compile, strategy=strategy, verbose=verbose)
+                  class_weight=class_weight, label_smoothing=label_smoothing, cache=cache,
+                  cache_dir=cache_dir, cache_copies=cache_copies, shuffle=shuffle, seed=seed,
+                  journal=journal, jit_compile=jit_compile, strategy=strategy, verbose=verbose)
     return history
 
 
@@ -254,8 +254,8 @@ def finetune_phases(epochs, learning_rate, unfreeze_blocks, optimizer="adam",
 
 
 def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight=None,
-              label_smoothing=0.0, cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
-              journal=None, jit_compile=False, strategy=None, verbose="auto"):
+              label_smoothing=0.0, cache="off", cache_dir=None, cache_copies=1, shuffle=True,
+              seed=None, journal=None, jit_compile=False, strategy=None, verbose="auto"):
     """Sets the trainable blocks, compiles, and fits one phase after `history`'s epochs.
 
     With `cache` other than `"off"`, the fixed part of the network is run once

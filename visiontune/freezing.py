@@ -3,9 +3,9 @@
 BatchNormalization layers stay frozen in every phase, which in Keras 3 also
 means inference mode: they normalise with their moving statistics, and those
 never change. On a few hundred images, batch statistics would wreck features
-learned on a million. (The bn-bias method trains their scale and offset, and
-keeps them in inference mode by other means: see `_keep_in_inference_mode`.) (`training=False` alone does not ensure this in Keras 3;
-see `classifier.py`.)
+learned on a million. (`training=False` alone does not ensure this in Keras 3;
+see `classifier.py`.) The bn-bias method trains their scale and offset, and
+keeps them in inference mode by other means: see `_keep_in_inference_mode`.
 """
 
 import dataclasses
