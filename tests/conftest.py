@@ -72,6 +72,18 @@ def write_image_folder(root, n_per_class=6, size=40, classes=("red", "green", "b
     return root
 
 
+def assert_picture(path, size=None):
+    """`path` is a PNG, `size` = (width, height) pixels if given, and not blank."""
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        if size is not None:
+            assert image.size == size, (path, image.size)
+        pixels = np.asarray(image.convert("L"))
+    # A figure with something drawn has many pixels unlike its background colour.
+    background = np.bincount(pixels.ravel()).argmax()
+    assert np.mean(pixels != background) > 0.02, f"{path} is blank"
+
+
 def tiny_backbone(size=32):
     """A small user backbone with named blocks and BatchNorm, for fast training tests."""
     inputs = keras.Input((size, size, 3))

@@ -14,7 +14,7 @@ import visiontune
 from visiontune import adapters, compare, config, export, freezing, plots, rundir, serving, train
 from conftest import color_images, tiny_backbone, write_image_folder
 from test_cli import FAST
-from test_resume import Interrupt, fit_1_plus_3
+from test_resume import Epochs, Interrupt, fit_1_plus_3
 
 
 def classifier(seed=0):
@@ -86,7 +86,9 @@ def test_lora_resumes_after_a_crash_in_a_later_gradual_stage(tmp_path):
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):
         fit(backup, [Interrupt(3)])  # In finetune-2, after the LoRA stage finetune-1 ended.
-    resumed = fit(backup)
+    epochs = Epochs()
+    resumed = fit(backup, [epochs])
+    assert epochs.trained == [3]  # Restarting finetune-2 would train epoch 2 again.
     assert len(resumed.get_weights()) == len(reference.get_weights())
     for expected, got in zip(reference.get_weights(), resumed.get_weights()):
         np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -176,6 +178,7 @@ def test_compare_methods_starts_every_method_from_the_same_warm_head():
     for v in lora.weights:
         if v.path in start and "head" not in v.path and "seed_generator" not in v.path:
             np.testing.assert_array_equal(np.array(v), start[v.path], err_msg=v.path)
-    assert plots.method_comparison(result.rows).axes
+    accuracy_bars = plots.method_comparison(result.rows).axes[0].patches
+    assert [p.get_width() for p in accuracy_bars] == [r["val_accuracy"] for r in result.rows]
     with pytest.raises(ValueError, match="Unknown methods"):
         compare.compare_methods(build, (x, y), None, methods=["adapters"])

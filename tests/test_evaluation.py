@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 import visiontune
+from conftest import assert_picture
 from visiontune import evaluation, plots
 
 
@@ -51,6 +52,8 @@ def test_every_plot_is_a_valid_png(tmp_path):
                        str(tmp_path / "counts.png"))
     for name in ("curves.png", "cm.png", "grid.png", "counts.png"):
         assert _is_png(str(tmp_path / name))
+        assert_picture(str(tmp_path / name))
+    assert_picture(str(tmp_path / "curves.png"), size=(1000, 400))  # figsize 10 x 4 at 100 dpi
     assert sorted(os.listdir(tmp_path)) == ["cm.png", "counts.png", "curves.png", "grid.png"]
     # Mistakes come first and are titled in red; without a path nothing is written.
     wrong = probs.argmax(axis=1) != labels
@@ -58,3 +61,52 @@ def test_every_plot_is_a_valid_png(tmp_path):
     assert colors == ["red"] * wrong.sum() + ["black"] * (~wrong).sum()
     assert plots.image_grid(images, [str(i) for i in range(6)]).axes
     assert len(os.listdir(tmp_path)) == 4
+
+
+def _lines(ax):
+    return {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()
+            if not line.get_label().startswith("_")}
+
+
+def test_plots_draw_the_numbers_they_are_given():
+    """Each figure shows the given values, where they belong, not only some axes."""
+    history = visiontune.PhasedHistory()
+    history.history = {"phase": ["head", "head", "finetune"], "loss": [1.0, 0.8, 0.5],
+                       "val_loss": [1.1, 0.9, 0.7], "accuracy": [0.5, 0.6, 0.8],
+                       "val_accuracy": [0.4, 0.6, 0.7]}
+    history.epoch = [0, 1, 2]
+    loss_ax, acc_ax = plots.learning_curves(history).axes
+    assert _lines(loss_ax) == {"loss": [1.0, 0.8, 0.5], "val_loss": [1.1, 0.9, 0.7]}
+    assert _lines(acc_ax) == {"accuracy": [0.5, 0.6, 0.8], "val_accuracy": [0.4, 0.6, 0.7]}
+    assert list(loss_ax.get_lines()[0].get_xdata()) == [1, 2, 3]
+    # One phase boundary, between epochs 2 and 3.
+    boundaries = [list(line.get_xdata()) for line in loss_ax.get_lines()
+                  if line.get_label().startswith("_")]
+    assert boundaries == [[2.5, 2.5]]
+
+    (ax,) = plots.confusion_matrix([[3, 1], [0, 4]], ["cat", "dog"]).axes
+    np.testing.assert_array_equal(ax.images[0].get_array(), [[3, 1], [0, 4]])
+    assert [t.get_text() for t in ax.texts] == ["3", "1", "0", "4"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["cat", "dog"]
+
+    (ax,) = plots.class_counts({"train": {"cat": 5, "dog": 2},
+                                "val": {"cat": 1, "dog": 1}}).axes
+    assert [p.get_height() for p in ax.patches] == [5, 2, 1, 1]
+
+    rows = [{"method": "linear probe", "val_accuracy": 0.81, "trainable_params": 3075,
+             "total_s": 4.0},
+            {"method": "two-phase", "val_accuracy": 0.9, "trainable_params": 900000,
+             "total_s": 30.0}]
+    panels = plots.method_comparison(rows).axes
+    for ax, key in zip(panels, ("val_accuracy", "trainable_params", "total_s")):
+        assert [p.get_width() for p in ax.patches] == [r[key] for r in rows], key
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["linear probe", "two-phase"]
+
+    sweep = [{"alpha": 0.0, "clean": 0.7, "shifted": 0.6},
+             {"alpha": 1.0, "clean": 0.9, "shifted": 0.5}]
+    (ax,) = plots.interpolation(sweep, best_alpha=1.0).axes
+    assert _lines(ax) == {"clean validation": [0.7, 0.9], "shifted validation": [0.6, 0.5],
+                          "saved: alpha 1": [0, 1]}
+    (ax,) = plots.lr_sweep([1e-4, 1e-3, 1e-2], [2.0, 1.0, 3.0], suggestion=1e-4).axes
+    assert list(ax.get_lines()[0].get_ydata()) == [2.0, 1.0, 3.0]
+    assert list(ax.get_lines()[1].get_xdata()) == [1e-4, 1e-4]

@@ -124,10 +124,17 @@ def test_one_hot_and_multi_label_targets_pick_the_right_loss():
 
 def test_no_epochs_leaves_the_model_frozen_and_untouched():
     model = visiontune.build_classifier(tiny_backbone(), 3)
+    before = [w.copy() for w in model.get_weights()]
+    trainable = [v.path for v in model.trainable_weights]
     history = visiontune.fine_tune(model, datasets()[0], head_epochs=0, finetune_epochs=0,
                                    unfreeze_blocks=3)
     assert history.epoch == [] and history.phases == []
     assert not visiontune.find_backbone(model).trainable_weights
+    assert [v.path for v in model.trainable_weights] == trainable  # the head, as built
+    after = model.get_weights()
+    assert len(after) == len(before)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("cache, phase", [("off", "head"), ("memory", "head"),

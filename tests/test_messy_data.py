@@ -74,13 +74,36 @@ def test_odd_formats_decode_to_the_right_rgb(messy):
         np.testing.assert_allclose(np.asarray(batch)[0, 8, 8], expected, atol=3, err_msg=name)
 
 
+class _CountSteps(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.steps = getattr(self, "steps", [])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps.append(0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps[-1] += 1
+
+
 def test_loader_trains_on_the_messy_folder(messy):
-    root, _ = messy
+    root, bad = messy
     splits = data.load_data(root, 32, batch_size=4, augment_preset="light", verbose=False)
+    good = splits.train_files.paths
+    assert len(good) == 15 and not set(good) & bad  # 10 plain images and 5 odd but readable
     model = visiontune.build_classifier(tiny_backbone(), 2)
+    before = [w.copy() for w in model.get_weights()]
+    counter = _CountSteps()
     history = visiontune.fine_tune(model, splits.train, splits.val, head_epochs=1,
-                                   finetune_epochs=1, verbose=0)
+                                   finetune_epochs=1, finetune_lr=1e-3, callbacks=[counter],
+                                   verbose=0)
+    # Every readable image in every epoch: 15 images in batches of 4. A pipeline that
+    # dropped a batch around a bad file, or stopped at it, would take fewer steps.
+    assert counter.steps == [4, 4]
+    assert history.history["phase"] == ["head", "finetune"]
     assert np.isfinite(history.history["loss"]).all()
+    assert np.isfinite(history.history["val_loss"]).all()
+    changed = [not np.array_equal(a, b) for a, b in zip(before, model.get_weights())]
+    assert any(changed), "nothing trained"
 
 
 def test_strict_mode_stops_and_names_every_bad_file(messy):

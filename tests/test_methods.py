@@ -14,7 +14,7 @@ import visiontune
 from visiontune import evaluate, evaluation, finetune, freezing, predict, train
 from visiontune.interpolate import corrupt, interpolate
 from visiontune.lr_find import lr_find
-from conftest import color_images, tiny_backbone, write_image_folder
+from conftest import assert_picture, color_images, tiny_backbone, write_image_folder
 from test_cli import FAST
 
 # `visiontune.interpolate` and `visiontune.lr_find` are the functions; the modules
@@ -44,7 +44,10 @@ def test_lr_find_sweeps_exponentially_and_restores_the_weights_exactly():
     best = int(np.argmin(result.smoothed_losses))
     assert result.suggestion == pytest.approx(rates[best] / 10)
     assert result.smoothed_losses[best] < result.smoothed_losses[0]  # It did learn.
-    assert result.plot().axes
+    (ax,) = result.plot().axes
+    np.testing.assert_array_equal(ax.get_lines()[0].get_xdata(), rates)
+    np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), result.smoothed_losses)
+    assert list(ax.get_lines()[1].get_xdata()) == [result.suggestion] * 2
 
 
 def test_lr_find_rejects_a_bad_range():
@@ -104,7 +107,7 @@ def test_interpolate_cli_sweeps_a_run_and_saves_the_best(tmp_path):
         "clean"] == best
     assert keras.saving.load_model(os.path.join(out, "interpolated.keras")).output_shape == \
         (None, 3)
-    assert os.path.getsize(os.path.join(out, "interpolation.png")) > 0
+    assert_picture(os.path.join(out, "interpolation.png"), size=(600, 400))
     assert interpolate_cli.main([str(tmp_path / "photos"), "--alphas", "0,1"]) == 2
 
 
@@ -115,7 +118,7 @@ def test_lr_find_cli_writes_the_plot_and_suggests_a_rate(tmp_path, capsys):
                              "--image-size", "32", "--batch-size", "8", "--steps", "12",
                              "--output", plot]) == 0
     assert "Suggested learning rate" in capsys.readouterr().out
-    assert os.path.getsize(plot) > 0
+    assert_picture(plot, size=(600, 400))
     assert lr_find_cli.main(["--data", str(tmp_path / "nothing"), "--steps", "12"]) == 2
 
 
@@ -168,14 +171,18 @@ def test_gradual_unfreezing_widens_the_trainable_set_one_block_per_stage():
                              unfreeze_blocks=3, gradual_epochs=2)
 
 
+def blocks_of(model):
+    """The tiny backbone's three conv blocks: their first layers are block1a_conv and so on."""
+    return [b for b in freezing._blocks(visiontune.find_backbone(model), None)
+            if b.name.startswith("block")]
+
+
 def test_discriminative_rates_scale_each_blocks_first_step():
     model = classifier()
     freezing.set_trainable_blocks(model, 3)
     phase = finetune.Phase("finetune", 1, 1e-3, 3, lr_decay=0.5)
     finetune.compile_for_phase(model, phase)
-    blocks = [b for b in freezing._blocks(visiontune.find_backbone(model), None)
-              if b.name.startswith("block")]
-    kernels = [b.layers[0].kernel for b in blocks]  # block1a_conv, block2a_conv, block3a_conv
+    kernels = [b.layers[0].kernel for b in blocks_of(model)]
     before = [keras.ops.convert_to_numpy(k).copy() for k in kernels]
     x, y = color_images(8, size=32)
     model.train_on_batch(x, y)
@@ -184,8 +191,16 @@ def test_discriminative_rates_scale_each_blocks_first_step():
              for k, b in zip(kernels, before)]
     np.testing.assert_allclose(steps, [2.5e-4, 5e-4, 1e-3], rtol=0.02)
 
-    # In fine_tune, also when phase 2 trains a cached trainer cut below block 2.
+    # In fine_tune, also when phase 2 trains a cached trainer cut below block 2: block 3
+    # steps at the rate, block 2 at half of it, and block 1, below the cut, not at all.
     model = classifier()
+    kernels = [b.layers[0].kernel for b in blocks_of(model)]
+    before = [keras.ops.convert_to_numpy(k).copy() for k in kernels]
     history = visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=1,
+                                   finetune_lr=1e-3, schedule="constant", warmup_epochs=0,
                                    unfreeze_blocks=2, lr_decay=0.5, cache="memory", verbose=0)
-    assert history.phases[0]["cache"] == "memory" and np.isfinite(history.history["loss"][0])
+    assert history.phases[0]["cache"] == "memory"
+    steps = [np.median(np.abs(keras.ops.convert_to_numpy(k) - b))
+             for k, b in zip(kernels, before)]
+    assert steps[0] == 0
+    np.testing.assert_allclose(steps[1:], [5e-4, 1e-3], rtol=0.02)

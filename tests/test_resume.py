@@ -1,6 +1,7 @@
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,13 +31,26 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated crash")
 
 
+class Epochs(keras.callbacks.Callback):
+    """Records the epochs (counted across phases) that a call actually trains."""
+
+    def __init__(self):
+        super().__init__()
+        self.trained = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.trained.append(epoch)
+
+
 def fit(backup_dir, cache, callbacks=()):
     keras.utils.set_random_seed(0)
     model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
     train, val = fixed_order_data()
+    # Phase 2 at 1e-3 moves the weights, so a resume that lost Adam's state would show.
     history = visiontune.fine_tune(model, train, val, head_epochs=3, finetune_epochs=4,
-                                   unfreeze_blocks=2, cache=cache, shuffle=False,
-                                   backup_dir=backup_dir, callbacks=list(callbacks), verbose=0)
+                                   finetune_lr=1e-3, unfreeze_blocks=2, cache=cache,
+                                   shuffle=False, backup_dir=backup_dir,
+                                   callbacks=list(callbacks), verbose=0)
     return model, history
 
 
@@ -50,7 +64,21 @@ def test_resume_after_a_crash_continues_in_the_right_phase(tmp_path, cache, cras
         fit(backup, cache, [Interrupt(crash_epoch)])
     state = os.path.join(backup, "state.json")
     assert os.path.exists(state) == (crash_epoch >= 3)  # Phase 1 finished before the crash.
-    model, history = fit(backup, cache)
+    # With a fixed data order, restarting the interrupted phase from its start would end
+    # on the same weights as resuming it, so count the epochs the resumed call trains:
+    # only those after the last one backed up (the crash was inside `crash_epoch`).
+    restarted = str(tmp_path / "restarted")
+    shutil.copytree(backup, restarted)
+    epochs = Epochs()
+    model, history = fit(backup, cache, [epochs])
+    assert epochs.trained == list(range(crash_epoch, 7))
+    # A journal that ignored the mid-phase backup would restart the phase; this check
+    # tells the two apart, as it does here when that backup is gone.
+    phase = "head" if crash_epoch < 3 else "finetune"
+    shutil.rmtree(os.path.join(restarted, phase))
+    from_the_start = Epochs()
+    fit(restarted, cache, [from_the_start])
+    assert from_the_start.trained == list(range(0 if phase == "head" else 3, 7))
     for expected, got in zip(reference.get_weights(), model.get_weights()):
         np.testing.assert_allclose(got, expected, atol=1e-5)
     assert history.epoch == list(range(7))
@@ -96,7 +124,13 @@ def test_sigkill_in_phase_2_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert "Resuming after the head phase" in resumed.stdout
     expected = json.load(open(os.path.join(reference, "metrics.json")))
     got = json.load(open(os.path.join(killed, "metrics.json")))
+    # The kill came in epoch 4 (phase 2's second), so the resumed process trains epochs
+    # 4 and 5 only; restarting phase 2 would train epoch 3 again.
+    trained = [line for line in resumed.stdout.splitlines() if line.startswith("Epoch ")]
+    assert trained == ["Epoch 4/5", "Epoch 5/5"], resumed.stdout
     assert got["epochs"] == expected["epochs"] == {"head": 2, "finetune": 3}
+    # Loose: a resumed epoch reshuffles from the start of its process, so its batches are
+    # not the ones the uninterrupted run drew (the weights match only approximately).
     assert abs(got["val_accuracy"] - expected["val_accuracy"]) <= 0.01
     assert abs(got["val_loss"] - expected["val_loss"]) <= 0.01
     history = open(os.path.join(killed, "history.csv")).read().splitlines()
@@ -123,14 +157,20 @@ def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, capsys):
     assert train.main(["--output", out, "--resume", "--overwrite", *FAST]) == 2
 
 
-def fit_1_plus_3(backup, callbacks=(), **fine_tune_kwargs):
-    """One head epoch and three phase 2 epochs (top 2 blocks) of the tiny classifier."""
+def fit_1_plus_3(backup, callbacks=(), finetune_lr=1e-3, **fine_tune_kwargs):
+    """One head epoch and three phase 2 epochs (top 2 blocks) of the tiny classifier.
+
+    Phase 2 runs at 1e-3, not at the default for 48 images (1.4e-5): Adam moves each
+    weight by about the rate per step, so below 1e-5 a lost optimizer state would
+    hide inside the tests' tolerance.
+    """
     keras.utils.set_random_seed(0)
     model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
     train, val = fixed_order_data()
     visiontune.fine_tune(model, train, val, head_epochs=1, finetune_epochs=3,
-                         unfreeze_blocks=2, shuffle=False, backup_dir=backup,
-                         callbacks=list(callbacks), verbose=0, **fine_tune_kwargs)
+                         finetune_lr=finetune_lr, unfreeze_blocks=2, shuffle=False,
+                         backup_dir=backup, callbacks=list(callbacks), verbose=0,
+                         **fine_tune_kwargs)
     return model
 
 
@@ -143,6 +183,8 @@ def test_resume_with_discriminative_rates_restores_every_blocks_optimizer(tmp_pa
     # Keras's backup of phase 2 is there, so the resumed run continues from epoch 3 with
     # the restored optimizers; a reset Adam would not reproduce the weights.
     assert os.path.isfile(os.path.join(backup, "finetune", "training_metadata.json"))
-    resumed = fit(backup)
+    epochs = Epochs()
+    resumed = fit(backup, [epochs])
+    assert epochs.trained == [3]  # Restarting phase 2 would train epochs 1 to 3 again.
     for expected, got in zip(reference.get_weights(), resumed.get_weights()):
         np.testing.assert_allclose(got, expected, atol=1e-5)
