@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from visiontune import adapters, caching, distribute, freezing, resume
+from visiontune import adapters, caching, distribute, freezing, keras_private, resume
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
@@ -325,7 +325,7 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
         if journal:
             callbacks += journal.callbacks(phase)
             finished = journal.finished_epochs(phase, start)
-            _restore_best(callbacks, history, finished)
+            callbacks = _resumed_best(callbacks, history, finished) + callbacks
         # BackupAndRestore sets `_initial_epoch` on restore and Keras 3.15 never clears it,
         # so without this a later phase on the same model would start at that epoch.
         trainer._initial_epoch = None
@@ -397,8 +397,11 @@ class _ModelView:
         setattr(self._trainer if name in self._TRAINING_STATE else self._full, name, value)
 
 
-def _restore_best(callbacks, history, finished):
-    """Gives checkpoint callbacks the best value logged before a resume."""
+def _resumed_best(callbacks, history, finished):
+    """For each `ModelCheckpoint`, a callback that gives it the best value logged before
+    a resume, so that it does not take the first resumed epoch for the best. They go
+    before the checkpoints in the list: Keras calls callbacks in order."""
+    restorers = []
     for callback in callbacks:
         callback = getattr(callback, "callback", callback)
         if not isinstance(callback, keras.callbacks.ModelCheckpoint):
@@ -407,9 +410,30 @@ def _restore_best(callbacks, history, finished):
         values += [e["logs"][callback.monitor] for e in finished
                    if callback.monitor in e["logs"]]
         if values:
-            maximize = callback.mode == "max" or (
-                callback.mode == "auto" and "acc" in callback.monitor)
-            callback.best = max(values) if maximize else min(values)
+            restorers.append(_ResumedBest(callback, values))
+    return restorers
+
+
+class _ResumedBest(keras.callbacks.Callback):
+    """Sets a checkpoint's `best` to the best of `values`, judged as the checkpoint
+    judges (its `mode`, or the metric's direction), at the first epoch's end: Keras
+    decides the direction only once the metrics are built."""
+
+    def __init__(self, checkpoint, values):
+        super().__init__()
+        self.checkpoint, self.values = checkpoint, list(values)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.values:
+            return
+        better = keras_private.improves(self.checkpoint)
+        best = self.values[0]
+        for value in self.values[1:]:
+            if better(value, best):
+                best = value
+        if self.checkpoint.best is None or better(best, self.checkpoint.best):
+            self.checkpoint.best = best
+        self.values = []
 
 
 class TrainingDivergedError(RuntimeError):
