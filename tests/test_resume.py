@@ -1,6 +1,7 @@
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -188,3 +189,37 @@ def test_resume_with_discriminative_rates_restores_every_blocks_optimizer(tmp_pa
     assert epochs.trained == [3]  # Restarting phase 2 would train epochs 1 to 3 again.
     for expected, got in zip(reference.get_weights(), resumed.get_weights()):
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_api_resume_refuses_other_settings_and_names_them(tmp_path):
+    """`fine_tune(backup_dir=...)` with another method, depth, rate or backbone must not
+    continue the saved run as if it were the same one."""
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        fit_1_plus_3(backup, [Interrupt(2)])
+    for changed, message in [
+            (dict(method="bn-bias"), "phases.finetune.method (unfreeze -> bn-bias)"),
+            (dict(unfreeze_blocks=1), "phases.finetune.unfreeze_blocks (2 -> 1)"),
+            (dict(finetune_lr=3e-4), "phases.finetune.learning_rate (0.001 -> 0.0003)"),
+            (dict(label_smoothing=0.1), "label_smoothing (0.0 -> 0.1)")]:
+        kwargs = {"unfreeze_blocks": 2, **changed}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _fit_with(backup, **kwargs)
+    keras.utils.set_random_seed(0)
+    other = visiontune.build_classifier(tiny_backbone(size=32), 3, None, dropout=0.0,
+                                        hidden_units=(8,))
+    with pytest.raises(ValueError, match=r"model\.architecture"):
+        visiontune.fine_tune(other, *fixed_order_data(), head_epochs=1, finetune_epochs=3,
+                             finetune_lr=1e-3, unfreeze_blocks=2, shuffle=False,
+                             backup_dir=backup, verbose=0)
+    epochs = Epochs()
+    fit_1_plus_3(backup, [epochs])  # The same settings resume.
+    assert epochs.trained == [2, 3]
+
+
+def _fit_with(backup, unfreeze_blocks, **kwargs):
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+    visiontune.fine_tune(model, *fixed_order_data(), head_epochs=1, finetune_epochs=3,
+                         **{"finetune_lr": 1e-3, **kwargs}, unfreeze_blocks=unfreeze_blocks,
+                         shuffle=False, backup_dir=backup, verbose=0)

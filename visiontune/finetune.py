@@ -6,6 +6,8 @@
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import math
 import tempfile
 import time
@@ -217,7 +219,11 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
     for phase in phases:
         freezing.check_block_count(model, phase.unfreeze_blocks)  # Fail before any training.
     journal = resume.Journal(backup_dir) if backup_dir else None
-    if journal:  # Saved LoRA weights load only into a model that has the adapters again.
+    if journal:
+        journal.check_settings(_resume_settings(
+            model, phases, label_smoothing=label_smoothing, class_weight=class_weight,
+            cache_copies=cache_copies, shuffle=shuffle, seed=seed))
+        # Saved LoRA weights load only into a model that has the adapters again.
         completed = journal.completed()
         for phase in phases:
             if phase.name in completed and phase.method == "lora":
@@ -232,6 +238,18 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
                   cache_dir=cache_dir, cache_copies=cache_copies, shuffle=shuffle, seed=seed,
                   journal=journal, jit_compile=jit_compile, strategy=strategy, verbose=verbose)
     return history
+
+
+def _resume_settings(model, phases, **options):
+    """What a resumed run must share with the run it continues: the phases, the options
+    that change training, and the model's architecture (its weights' names and shapes).
+    Whether activations are cached, and compilation, change nothing and may differ."""
+    architecture = json.dumps([[w.path, list(w.shape)] for w in model.weights
+                               if not w.path.endswith(("lora_kernel_a", "lora_kernel_b"))])
+    return {"phases": {p.name: dataclasses.asdict(p) for p in phases},
+            "model": {"name": model.name,
+                      "architecture": hashlib.sha256(architecture.encode()).hexdigest()[:12]},
+            **options}
 
 
 def finetune_phases(epochs, learning_rate, unfreeze_blocks, optimizer="adam",

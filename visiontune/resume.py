@@ -24,6 +24,7 @@ import numpy as np
 from visiontune import adapters, rundir
 
 STATE = "state.json"
+SETTINGS = "settings.json"
 
 
 class Journal:
@@ -32,6 +33,30 @@ class Journal:
     def __init__(self, folder):
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
+
+    def check_settings(self, settings):
+        """Records `settings` for a new run; refuses to resume a run made with others.
+
+        Weights are restored by position and phases by name, so a resume with another
+        method, depth, rate or backbone would otherwise continue silently into a
+        different run.
+        """
+        path = os.path.join(self.folder, SETTINGS)
+        settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except FileNotFoundError:
+            rundir.write_json(path, settings)
+            return
+        before, now = _flatten(saved), _flatten(settings)
+        changed = [f"{key} ({before.get(key, 'unset')} -> {now.get(key, 'unset')})"
+                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+        if changed:
+            raise ValueError(
+                f"backup_dir={self.folder!r} holds a run with other settings: "
+                f"{', '.join(changed)}. Pass the settings it was started with to resume it, "
+                "or another backup_dir (or delete this one) to start a new run.")
 
     def completed(self):
         """Names of the phases finished before, in order ([] for a new run)."""
@@ -87,6 +112,20 @@ class Journal:
 
     def _backup_dir(self, phase):
         return os.path.join(self.folder, phase.name)
+
+
+def _flatten(value, prefix=""):
+    """{"a": {"b": 1}} -> {"a.b": 1}, so that a difference can be named."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: value}
+    flat = {}
+    for key, item in items:
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 class _EpochLog(keras.callbacks.Callback):
