@@ -182,3 +182,54 @@ def test_compare_methods_starts_every_method_from_the_same_warm_head():
     assert [p.get_width() for p in accuracy_bars] == [r["val_accuracy"] for r in result.rows]
     with pytest.raises(ValueError, match="Unknown methods"):
         compare.compare_methods(build, (x, y), None, methods=["adapters"])
+
+
+LOAD_AND_FIT = """
+import sys, numpy as np, keras
+path, x, y = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3])
+model = keras.saving.load_model(path)
+def walk(m):
+    for layer in m.layers:
+        yield layer
+        yield from walk(layer) if hasattr(layer, "layers") else ()
+bn = [l for l in walk(model) if isinstance(l, keras.layers.BatchNormalization)]
+before = [np.array(v) for l in bn for v in (l.moving_mean, l.moving_variance)]
+print("trainable bn:", sum(l.trainable for l in bn), "of", len(bn))
+model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+after = [np.array(v) for l in bn for v in (l.moving_mean, l.moving_variance)]
+print("moving statistics changed:", sum(not np.array_equal(a, b) for a, b in zip(before, after)))
+"""
+
+
+def test_a_saved_bn_bias_model_keeps_batchnorm_frozen_in_plain_keras(tmp_path):
+    """In plain Keras (no visiontune, so no inference-mode wrapper), `fit` on the saved
+    model must not touch the BatchNorm moving statistics."""
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=8)
+    out = str(tmp_path / "run")
+    assert train.main(["--data", data, "--output", out, "--method", "bn-bias", *FAST]) == 0
+    x, y = color_images(8, size=32, seed=4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    for name in ("model.keras", "best.keras"):
+        run = subprocess.run([sys.executable, "-c", LOAD_AND_FIT, os.path.join(out, name),
+                              str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert run.returncode == 0, run.stderr
+        assert "trainable bn: 0 of" in run.stdout, (name, run.stdout)
+        assert "moving statistics changed: 0" in run.stdout, (name, run.stdout)
+
+
+def test_the_inference_mode_wrapper_goes_when_batchnorm_is_frozen_again():
+    model = classifier()
+    freezing.set_trainable_blocks(model, 2, method="bn-bias")
+    wrapped = [layer for layer in freezing.all_layers(model)
+               if getattr(layer, "_visiontune_inference_only", False)]
+    assert wrapped and all("call" in vars(layer) for layer in wrapped)
+    freezing.set_trainable_blocks(model, 2)  # A later two-phase phase.
+    assert not any("call" in vars(layer) or getattr(layer, "_visiontune_inference_only", False)
+                   for layer in freezing.all_layers(model))
+    with freezing.batchnorm_frozen(model):  # Saving freezes; nothing was trainable here.
+        pass
+    assert not any(layer.trainable for layer in wrapped)

@@ -8,6 +8,7 @@ see `classifier.py`.) The bn-bias method trains their scale and offset, and
 keeps them in inference mode by other means: see `_keep_in_inference_mode`.
 """
 
+import contextlib
 import dataclasses
 
 import keras
@@ -118,6 +119,8 @@ def set_trainable_blocks(model, n, block_patterns=None, method="unfreeze"):
             layer.trainable = method == "bn-bias" and id(layer) in top
             if layer.trainable:
                 _keep_in_inference_mode(layer)
+            else:
+                _release_inference_mode(layer)
         elif method != "unfreeze" and id(layer) in top:
             keep = ([getattr(layer, "bias", None)] if method == "bn-bias" else
                     [getattr(layer, "lora_kernel_a", None), getattr(layer, "lora_kernel_b", None)])
@@ -155,6 +158,34 @@ def _keep_in_inference_mode(layer):
 
     _set_untracked(layer, "call", call_in_inference_mode)
     _set_untracked(layer, "_visiontune_inference_only", True)
+
+
+def _release_inference_mode(layer):
+    """Undoes `_keep_in_inference_mode`: the layer's class `call` again."""
+    if getattr(layer, "_visiontune_inference_only", False):
+        object.__delattr__(layer, "call")
+        _set_untracked(layer, "_visiontune_inference_only", False)
+
+
+@contextlib.contextmanager
+def batchnorm_frozen(model):
+    """Within it, every BatchNormalization in `model` is frozen, as a saved model must be.
+
+    A bn-bias model keeps its trainable BatchNorm layers in inference mode with
+    an instance wrapper (`_keep_in_inference_mode`) that is not saved. Saved as
+    trainable, they would train in batch-statistics mode once reloaded into
+    plain Keras and overwrite their moving statistics. Frozen, a Keras 3
+    BatchNormalization always normalises with them.
+    """
+    trainable = [layer for layer in all_layers(model)
+                 if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    for layer in trainable:
+        layer.trainable = False
+    try:
+        yield model
+    finally:
+        for layer in trainable:
+            layer.trainable = True
 
 
 def _set_untracked(layer, name, value):

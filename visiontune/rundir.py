@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 
-from visiontune import adapters
+from visiontune import adapters, freezing
 
 
 def default_run_dir(backbone, root="runs"):
@@ -108,6 +108,8 @@ def write_history_csv(path, history):
 
 
 def save_model(model, path):
-    """Saves `model` to a `.keras` file atomically, with any LoRA adapters merged."""
-    with atomic_path(path) as tmp:
-        adapters.merge_lora(model).save(tmp)
+    """Saves `model` to a `.keras` file atomically, with any LoRA adapters merged and every
+    BatchNormalization frozen (see `freezing.batchnorm_frozen`)."""
+    plain = adapters.merge_lora(model)
+    with atomic_path(path) as tmp, freezing.batchnorm_frozen(plain):
+        plain.save(tmp)

@@ -173,8 +173,9 @@ def _train(config, out, cache, callbacks, say, strategy=None):
                            "replicas": distribute.replicas(strategy)}
     _write_artifacts(out, model, splits, history, metrics)
     best = os.path.join(out, "best.keras")
-    if config.method == "lora" and os.path.exists(best):
-        # ModelCheckpoint saved it with adapters; the run's models are plain, like model.keras.
+    if config.method in ("lora", "bn-bias") and os.path.exists(best):
+        # ModelCheckpoint saved it with adapters or trainable BatchNorm; the run's models
+        # are plain and frozen where they must be, like model.keras.
         rundir.save_model(keras.saving.load_model(best), best)
     after_head = os.path.join(out, "backup", START_WEIGHTS)
     if os.path.exists(after_head):  # Kept for `python -m visiontune.interpolate`.
