@@ -188,3 +188,79 @@ def test_disk_cache_without_a_folder_leaves_no_temporary_files(tmp_path, monkeyp
     model, history = trained("disk")
     assert [p["cache"] for p in history.phases] == ["disk", "disk"]
     assert not [f for f in os.listdir(tmp_path) if f.startswith("visiontune-cache")]
+
+
+def _merged_patterns():
+    """Top block = block2a and block3a together (a pattern whose group names it)."""
+    return [r"^(block1a)_", r"^block[23](a)_"]
+
+
+@pytest.mark.parametrize("cache", ["off", "memory"])
+def test_fine_tune_counts_blocks_with_the_given_block_patterns(cache):
+    patterns = _merged_patterns()
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+    # The stem (the rescaling), block1a, and "a": blocks 2 and 3 of the registry's grouping.
+    assert freezing.count_blocks(model, patterns) == 3
+    kernels = {b: visiontune.find_backbone(model).get_layer(f"block{b}a_conv").kernel
+               for b in (1, 2, 3)}
+    before = {b: keras.ops.convert_to_numpy(k).copy() for b, k in kernels.items()}
+    train_ds, val_ds = fixed_order_data()
+    history = visiontune.fine_tune(model, train_ds, val_ds, head_epochs=0, finetune_epochs=1,
+                                   finetune_lr=1e-3, unfreeze_blocks=1, block_patterns=patterns,
+                                   cache=cache, shuffle=False, verbose=0)
+    moved = {b: not np.array_equal(keras.ops.convert_to_numpy(k), before[b])
+             for b, k in kernels.items()}
+    assert moved == {1: False, 2: True, 3: True}  # With the registry's blocks: 3 only.
+    if cache == "memory":
+        assert history.phases[0]["cache"] == "memory"
+        assert "the input of block 'a'" in history.phases[0]["cache_reason"]
+
+
+def test_the_planner_refuses_a_cut_with_trainable_weights_below_it():
+    model = visiontune.build_classifier(tiny_backbone(), 3, None)
+    freezing.set_trainable_blocks(model, 1, _merged_patterns())  # blocks 2 and 3 train
+    plan = caching.plan(model, 1, "memory", 10)  # registry blocks: would cut below block 3
+    assert plan.mode == "off"
+    assert "weights below the input of block 'block3a'" in plan.reason
+    assert "block2a_conv" in plan.reason
+    assert caching.plan(model, 1, "memory", 10, block_patterns=_merged_patterns()).mode == \
+        "memory"
+
+
+# One backbone of each family in the registry: residuals, squeeze-excite, depthwise
+# convolutions, hard-swish, Caffe-style and [-1, 1] preprocessing.
+FAMILIES = ["resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0",
+            "efficientnet_lite0", "mobilenet", "mobilenetv2", "mobilenetv3small"]
+
+
+@pytest.mark.slow
+def test_every_family_trains_the_same_weights_cached_and_uncached():
+    assert {visiontune.backbones.get_spec(f).block_patterns for f in FAMILIES} == \
+        {spec.block_patterns for spec in visiontune.backbones.BACKBONES.values()}
+    x, y = color_images(8, size=32, seed=1)
+    xv, yv = color_images(4, size=32, seed=2)
+    failures = []
+    for family in FAMILIES:
+        results = {}
+        for cache in ("off", "memory"):
+            keras.utils.set_random_seed(0)
+            model = visiontune.build_classifier(family, 3, None, 32, dropout=0.0)
+            train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
+            val_ds = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(12)
+            # Phase 2 only: phase 1's cut (the pooled features) is the same in every family.
+            history = visiontune.fine_tune(model, train_ds, val_ds, head_epochs=0,
+                                           finetune_epochs=1, finetune_lr=1e-3,
+                                           schedule="constant", warmup_epochs=0,
+                                           unfreeze_blocks=2, cache=cache, shuffle=False,
+                                           verbose=0)
+            assert [p["cache"] for p in history.phases] == [cache], family
+            results[cache] = (model.get_weights(), history.history["val_loss"])
+            keras.backend.clear_session()
+        (plain, plain_loss), (cached, cached_loss) = results["off"], results["memory"]
+        gap = max(float(np.max(np.abs(a - b))) for a, b in zip(plain, cached))
+        loss_gap = float(np.max(np.abs(np.subtract(plain_loss, cached_loss))))
+        if gap > 1e-5 or loss_gap > 1e-5 or not np.isfinite(cached_loss).all():
+            failures.append(f"{family}: max weight difference {gap:.2e}, "
+                            f"validation loss {loss_gap:.2e}")
+    assert not failures, failures

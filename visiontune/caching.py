@@ -49,7 +49,8 @@ class CannotCut(ValueError):
     """The classifier has no single tensor below which nothing trains."""
 
 
-def plan(model, unfreeze_blocks, mode="auto", num_images=None, budget_bytes=None):
+def plan(model, unfreeze_blocks, mode="auto", num_images=None, budget_bytes=None,
+         block_patterns=None):
     """Decides whether and where to cache for a phase with `unfreeze_blocks` unfrozen.
 
     Args:
@@ -61,6 +62,8 @@ def plan(model, unfreeze_blocks, mode="auto", num_images=None, budget_bytes=None
             memory estimate; `None` when unknown.
         budget_bytes: Memory allowed for the cache; default a quarter of the
             machine's available memory.
+        block_patterns: The block grouping that `unfreeze_blocks` counts in, as
+            given to `freezing.set_trainable_blocks` (default: the registry's).
 
     Returns:
         A `Plan`, whose `reason` says what was chosen and why.
@@ -71,7 +74,13 @@ def plan(model, unfreeze_blocks, mode="auto", num_images=None, budget_bytes=None
         return Plan("off", "caching is off (cache='off')")
     try:
         bottom, trainer, where = (_cut_head(model) if unfreeze_blocks == 0
-                                  else _cut_backbone(model, unfreeze_blocks))
+                                  else _cut_backbone(model, unfreeze_blocks, block_patterns))
+        training_below = [v.path for v in bottom.trainable_weights]
+        if training_below:
+            raise CannotCut(f"{len(training_below)} weights below {where} train (first: "
+                            f"{training_below[0]}), so it is not a fixed function of the "
+                            "image; are the trainable blocks counted with other "
+                            "block_patterns?")
     except CannotCut as error:
         return Plan("off", f"not cached: {error}")
     per_image = 4 * math.prod(bottom.output.shape[1:])
@@ -124,10 +133,10 @@ def _cut_head(model):
     return keras.Model(model.input, features), keras.Model(features, model.output), where
 
 
-def _cut_backbone(model, unfreeze_blocks):
+def _cut_backbone(model, unfreeze_blocks, block_patterns=None):
     """Phase 2: the bottom ends below the lowest unfrozen block; the trainer is the rest."""
     backbone, backbone_in, backbone_out = _backbone_node(model)
-    blocks = freezing._blocks(backbone, None)
+    blocks = freezing._blocks(backbone, block_patterns)
     if unfreeze_blocks >= len(blocks):
         raise CannotCut("the whole backbone trains, so there is nothing fixed to cache")
     lowest = blocks[-unfreeze_blocks]

@@ -64,6 +64,7 @@ class Phase:
     method: str = "unfreeze"
     lora_rank: int = 8
     ema: float = 0.0
+    block_patterns: tuple = None  # None: the registry's grouping (freezing._blocks)
 
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, np.integer)) \
@@ -94,7 +95,7 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
               finetune_lr=None, unfreeze_blocks=2, optimizer="adam", finetune_optimizer=None,
               schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0,
               method="two-phase", lora_rank=8, label_smoothing=0.0, ema=0.0,
-              class_weight=None, callbacks=None,
+              block_patterns=None, class_weight=None, callbacks=None,
               cache="off", cache_dir=None, cache_copies=1, shuffle=True, seed=None,
               backup_dir=None, jit_compile=False, strategy=None, verbose="auto"):
     """Fine-tunes a classifier in two phases and returns one merged history.
@@ -143,6 +144,10 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
             bias correction), and the model ends with the averaged weights.
             Each epoch's validation figures come from the raw weights. 0
             turns it off.
+        block_patterns: Regexes that group the backbone's layers into the
+            blocks `unfreeze_blocks` counts (see `freezing.set_trainable_blocks`);
+            the cache, LoRA and `lr_decay` use the same grouping. Default: the
+            registry's, or one block per layer with weights.
         label_smoothing: Mixes each one-hot target with the uniform
             distribution by this much (Szegedy et al. 2016), in both phases.
             Sparse labels are turned one-hot for it. The `val_loss` that
@@ -194,7 +199,8 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
         raise ValueError(f"method={method!r} trains parts of the top `unfreeze_blocks` "
                          "blocks, so it needs unfreeze_blocks >= 1. Received: "
                          f"unfreeze_blocks={unfreeze_blocks!r}.")
-    phases = [Phase("head", head_epochs, head_lr, 0, optimizer)]
+    patterns = None if block_patterns is None else tuple(block_patterns)
+    phases = [Phase("head", head_epochs, head_lr, 0, optimizer, block_patterns=patterns)]
     if method != "linear-probe":
         if finetune_lr is None:
             images = caching.count_images(train)
@@ -208,7 +214,7 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
             unfreeze_blocks,
             finetune_optimizer or optimizer, schedule, warmup_epochs, lr_decay,
             gradual_epochs, method="unfreeze" if method == "two-phase" else method,
-            lora_rank=lora_rank, ema=ema)
+            lora_rank=lora_rank, ema=ema, block_patterns=patterns)
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"Expected `label_smoothing` in [0, 1). Received: {label_smoothing!r}")
     if isinstance(cache_copies, bool) or not isinstance(cache_copies, (int, np.integer)) \
@@ -217,7 +223,8 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
                          f"Received: {cache_copies!r}")
     history = PhasedHistory()
     for phase in phases:
-        freezing.check_block_count(model, phase.unfreeze_blocks)  # Fail before any training.
+        # Fail before any training.
+        freezing.check_block_count(model, phase.unfreeze_blocks, phase.block_patterns)
     journal = resume.Journal(backup_dir) if backup_dir else None
     if journal:
         journal.check_settings(_resume_settings(
@@ -227,7 +234,8 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
         completed = journal.completed()
         for phase in phases:
             if phase.name in completed and phase.method == "lora":
-                adapters.enable_lora(model, phase.unfreeze_blocks, phase.lora_rank)
+                adapters.enable_lora(model, phase.unfreeze_blocks, phase.lora_rank,
+                                     block_patterns=phase.block_patterns)
     done = journal.restore(model, history) if journal else []
     if done and verbose != 0:
         print(f"Resuming after the {' and '.join(done)} phase ({len(history.epoch)} epochs) "
@@ -254,11 +262,11 @@ def _resume_settings(model, phases, **options):
 
 def finetune_phases(epochs, learning_rate, unfreeze_blocks, optimizer="adam",
                     schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0,
-                    method="unfreeze", lora_rank=8, ema=0.0):
+                    method="unfreeze", lora_rank=8, ema=0.0, block_patterns=None):
     """Phase 2 as one `Phase`, or with `gradual_epochs` as one stage per unfrozen block."""
     if not gradual_epochs:
         return [Phase("finetune", epochs, learning_rate, unfreeze_blocks, optimizer, schedule,
-                      warmup_epochs, lr_decay, method, lora_rank, ema)]
+                      warmup_epochs, lr_decay, method, lora_rank, ema, block_patterns)]
     last = epochs - gradual_epochs * (unfreeze_blocks - 1)
     if unfreeze_blocks < 1 or last < 1:
         raise ValueError(
@@ -267,7 +275,7 @@ def finetune_phases(epochs, learning_rate, unfreeze_blocks, optimizer="adam",
             f" Received: finetune_epochs={epochs}. Raise it, or lower gradual_epochs.")
     return [Phase(f"finetune-{n}", gradual_epochs if n < unfreeze_blocks else last,
                   learning_rate, n, optimizer, schedule, warmup_epochs if n == 1 else 0,
-                  lr_decay, method, lora_rank, ema)
+                  lr_decay, method, lora_rank, ema, block_patterns)
             for n in range(1, unfreeze_blocks + 1)]
 
 
@@ -284,8 +292,10 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
     began = time.perf_counter()
     report = None
     if phase.method == "lora":
-        report = adapters.enable_lora(model, phase.unfreeze_blocks, phase.lora_rank)
-    freezing.set_trainable_blocks(model, phase.unfreeze_blocks, method=phase.method)
+        report = adapters.enable_lora(model, phase.unfreeze_blocks, phase.lora_rank,
+                                      block_patterns=phase.block_patterns)
+    freezing.set_trainable_blocks(model, phase.unfreeze_blocks, phase.block_patterns,
+                                  method=phase.method)
     trainable = freezing.trainable_summary(model).trainable_params
     copies = cache_copies if phase.unfreeze_blocks == 0 else 1
     images = None
@@ -300,7 +310,8 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
         plan = caching.Plan("off", f"not cached: cache_copies={cache_copies} means augmented "
                                    "training data, which phase 2 trains on as given")
     else:
-        plan = caching.plan(model, phase.unfreeze_blocks, cache, images)
+        plan = caching.plan(model, phase.unfreeze_blocks, cache, images,
+                            block_patterns=phase.block_patterns)
     if verbose != 0:
         what = {"unfreeze": "unfrozen", "bn-bias": "with trainable BatchNorm and biases",
                 "lora": "with LoRA adapters"}[phase.method]
@@ -509,7 +520,7 @@ def discriminative_optimizer(model, phase, steps_per_epoch=None):
         raise ValueError(f"lr_decay={phase.lr_decay} needs keras.optimizers.MultiOptimizer, "
                          f"which Keras {keras.__version__} lacks. Upgrade Keras "
                          "(pip install -U keras), or use lr_decay=1.")
-    blocks = freezing._blocks(freezing.find_backbone(model), None)
+    blocks = freezing._blocks(freezing.find_backbone(model), phase.block_patterns)
     depth = {id(v): d for d, block in enumerate(reversed(blocks))
              for layer in block.layers for v in layer.weights}
     optimizers = {}
