@@ -47,3 +47,69 @@ def test_a_resumed_checkpoint_starts_from_the_best_value_logged_before(tmp_path)
     assert not (tmp_path / "best.keras").exists()
     checkpoint.on_epoch_end(5, {"val_auc": 0.95})
     assert (tmp_path / "best.keras").exists() and checkpoint.best == 0.95
+
+
+def test_call_tensors_are_the_tensors_of_the_first_call():
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(2)
+    outputs = dense(inputs)
+    keras.Model(inputs, outputs)
+    (got_in,), (got_out,) = keras_private.call_tensors(dense)
+    assert got_in is inputs and got_out is outputs
+
+
+def test_lora_base_kernel_is_the_frozen_variable_under_the_adapter():
+    layer = keras.layers.Dense(3)
+    layer.build((None, 4))
+    base = keras.ops.convert_to_numpy(layer.kernel).copy()
+    layer.enable_lora(2, lora_alpha=2)
+    layer.lora_kernel_b.assign(np.ones((2, 3), "float32"))
+    kernel = keras_private.lora_base_kernel(layer)
+    assert isinstance(kernel, keras.Variable) and not kernel.trainable
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(kernel), base)
+    update = keras.ops.convert_to_numpy(layer.lora_kernel_a) @ np.ones((2, 3)) * (2 / 2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.kernel), base + update,
+                               rtol=1e-6)
+
+
+class _Crash(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_backup_and_restore_keeps_its_epoch_where_resume_reads_it(tmp_path):
+    """Keras's backup records the epoch to resume from; on restore it sets the
+    initial epoch, keeps it after `fit` (which `clear_initial_epoch` undoes)."""
+    x, y = np.zeros((4, 2), "float32"), np.zeros((4,), "float32")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    backup = str(tmp_path / "backup")
+    try:
+        model.fit(x, y, epochs=4, verbose=0, callbacks=[
+            keras.callbacks.BackupAndRestore(backup, double_checkpoint=True), _Crash()])
+    except KeyboardInterrupt:
+        pass
+    assert keras_private.backed_up_epoch(backup) == 2  # epochs 0 and 1 finished
+    history = model.fit(x, y, epochs=4, verbose=0,
+                        callbacks=[keras.callbacks.BackupAndRestore(backup)])
+    assert history.epoch == [2, 3]
+    assert getattr(model, keras_private.INITIAL_EPOCH_ATTRIBUTE) is not None
+    assert model.fit(x, y, epochs=2, verbose=0).epoch == []  # still starts at epoch 2
+    keras_private.clear_initial_epoch(model)
+    assert model.fit(x, y, epochs=2, verbose=0).epoch == [0, 1]
+
+
+def test_always_in_inference_mode_keeps_a_trainable_batchnorm_on_its_statistics():
+    inputs = keras.Input((3,))
+    bn = keras.layers.BatchNormalization()
+    model = keras.Model(inputs, bn(inputs))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x = np.random.default_rng(0).normal(5.0, 2.0, (16, 3)).astype("float32")
+    keras_private.always_in_inference_mode(bn)
+    model.fit(x, np.zeros_like(x), epochs=1, batch_size=16, verbose=0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(bn.moving_mean), 0)
+    assert not np.allclose(keras.ops.convert_to_numpy(bn.beta), 0)  # the offset trained
+    np.testing.assert_allclose(model(x, training=True), model(x, training=False))
+    keras_private.release_inference_mode(bn)
+    assert not np.allclose(model(x, training=True), model(x, training=False))

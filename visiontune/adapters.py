@@ -16,7 +16,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from visiontune import freezing
+from visiontune import freezing, keras_private
 
 ELIGIBLE = (keras.layers.Conv2D, keras.layers.Dense)
 # Convolutions Keras cannot adapt; named in the log so a user knows what stays frozen.
@@ -79,7 +79,7 @@ def enable_lora(model, blocks, rank, alpha=None, block_patterns=None):
         if not layer.lora_enabled:
             layer.enable_lora(int(rank), lora_alpha=alpha)
         adapted.append(layer.name)
-        shape = layer._kernel.shape
+        shape = keras_private.lora_base_kernel(layer).shape
         sizes.append("x".join(str(s) for s in shape[:-2]) if len(shape) > 2 else "dense")
     ineligible = sum(isinstance(layer, _INELIGIBLE) for layer in region)
     return LoraReport(int(rank), blocks, tuple(adapted), tuple(sizes), ineligible)
@@ -108,7 +108,7 @@ def merge_lora(model):
     config = keras.saving.serialize_keras_object(model)
     _strip_lora(config)
     plain = keras.saving.deserialize_keras_object(config)
-    merged = {id(layer._kernel): _merged_kernel(layer) for layer in adapted}
+    merged = {id(keras_private.lora_base_kernel(layer)): _merged_kernel(layer) for layer in adapted}
     skip = {id(v) for layer in adapted for v in (layer.lora_kernel_a, layer.lora_kernel_b)}
     values = [merged.get(id(v), v) for v in model.weights if id(v) not in skip]
     plain.set_weights([np.asarray(v) for v in values])
@@ -117,11 +117,11 @@ def merge_lora(model):
 
 def _merged_kernel(layer):
     """The kernel with its update added, in float32, cast back to the kernel's dtype."""
-    kernel = np.asarray(layer._kernel, dtype=np.float32)
+    kernel = np.asarray(keras_private.lora_base_kernel(layer), dtype=np.float32)
     a = np.asarray(layer.lora_kernel_a, dtype=np.float32)
     b = np.asarray(layer.lora_kernel_b, dtype=np.float32)
     update = (layer.lora_alpha / layer.lora_rank) * np.matmul(a, b)
-    return (kernel + update).astype(np.dtype(layer._kernel.dtype))
+    return (kernel + update).astype(np.dtype(keras_private.lora_base_kernel(layer).dtype))
 
 
 def _strip_lora(config):

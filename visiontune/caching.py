@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from visiontune import freezing
+from visiontune import freezing, keras_private
 
 MODES = ("auto", "off", "memory", "disk")
 
@@ -110,12 +110,12 @@ def memory_budget():
 
 def _backbone_node(model):
     backbone = freezing.find_backbone(model)
-    node = backbone._inbound_nodes[0]  # The classifier's call of its backbone.
-    return backbone, node.input_tensors[0], node.output_tensors[0]
+    inputs, outputs = keras_private.call_tensors(backbone)  # The classifier's call of it.
+    return backbone, inputs[0], outputs[0]
 
 
 def _single_input(layer):
-    inputs = layer._inbound_nodes[0].input_tensors
+    inputs, _ = keras_private.call_tensors(layer)
     if len(inputs) != 1:
         raise CannotCut(f"layer {layer.name!r} takes {len(inputs)} inputs")
     return inputs[0]

@@ -355,9 +355,8 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
             callbacks += journal.callbacks(phase)
             finished = journal.finished_epochs(phase, start)
             callbacks = _resumed_best(callbacks, history, finished) + callbacks
-        # BackupAndRestore sets `_initial_epoch` on restore and Keras 3.15 never clears it,
-        # so without this a later phase on the same model would start at that epoch.
-        trainer._initial_epoch = None
+        # Or a later phase on the same model would start at the restored epoch.
+        keras_private.clear_initial_epoch(trainer)
         with distribute.known_failures(strategy):
             result = trainer.fit(**_as_fit_inputs(train), validation_data=val,
                                  initial_epoch=start, epochs=start + phase.epochs,
@@ -413,7 +412,8 @@ class _ModelView:
     """The classifier, except for the training state, which is the trainer's."""
 
     _TRAINING_STATE = frozenset({"optimizer", "stop_training", "metrics", "train_function",
-                                 "make_train_function", "_initial_epoch"})
+                                 "make_train_function",
+                                 keras_private.INITIAL_EPOCH_ATTRIBUTE})
 
     def __init__(self, full, trainer):
         object.__setattr__(self, "_full", full)

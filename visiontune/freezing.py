@@ -14,7 +14,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from visiontune import backbones
+from visiontune import backbones, keras_private
 
 
 def find_backbone(model):
@@ -146,24 +146,19 @@ def _keep_in_inference_mode(layer):
     overrides a `training=False` given at construction. BitFit needs the
     opposite: learn the scale and offset, keep the statistics. Keras has no
     switch for that, so the layer's own `call` is wrapped, on this instance
-    only, to always pass `training=False`. Saving is unaffected: a saved and
-    reloaded layer is a plain BatchNormalization.
+    only, to always pass `training=False` (`keras_private.always_in_inference_mode`).
+    The wrapper is not saved, so saving freezes BatchNorm (`batchnorm_frozen`).
     """
     if getattr(layer, "_visiontune_inference_only", False):
         return
-    call = type(layer).call
-
-    def call_in_inference_mode(inputs, training=None, mask=None):
-        return call(layer, inputs, training=False, mask=mask)
-
-    _set_untracked(layer, "call", call_in_inference_mode)
+    keras_private.always_in_inference_mode(layer)
     _set_untracked(layer, "_visiontune_inference_only", True)
 
 
 def _release_inference_mode(layer):
     """Undoes `_keep_in_inference_mode`: the layer's class `call` again."""
     if getattr(layer, "_visiontune_inference_only", False):
-        object.__delattr__(layer, "call")
+        keras_private.release_inference_mode(layer)
         _set_untracked(layer, "_visiontune_inference_only", False)
 
 

@@ -2,7 +2,11 @@
 
 `tests/test_keras_private.py` checks each against the installed Keras, so an
 upgrade that changes one fails there, by name, rather than somewhere in training.
+(`weights.py` still patches Keras's download function itself; see its docstring.)
 """
+
+import json
+import os
 
 
 def improves(callback):
@@ -18,3 +22,71 @@ def improves(callback):
         callback._set_monitor_op()
     op = callback.monitor_op
     return lambda a, b: bool(op(a, b))
+
+
+def call_tensors(layer):
+    """`(inputs, outputs)`: the tensors of `layer`'s first call in a functional graph.
+
+    Cutting a classifier below a block (`caching.py`) needs the tensor that
+    enters the block. Functional models expose a layer's `input` and `output`
+    only when it was called once; the node list (`_inbound_nodes`) is the one
+    way to read the call that built the graph.
+    """
+    node = layer._inbound_nodes[0]
+    return node.input_tensors, node.output_tensors
+
+
+def lora_base_kernel(layer):
+    """The frozen kernel of a LoRA-enabled `Dense` or `Conv2D` (`layer._kernel`).
+
+    With LoRA on, `layer.kernel` is the sum `_kernel + A @ B * scale`, not a
+    variable; merging the adapters and backing them up need the variable itself.
+    """
+    return layer._kernel
+
+
+def clear_initial_epoch(model):
+    """Forgets the epoch that `BackupAndRestore` restored (`model._initial_epoch`).
+
+    It sets `_initial_epoch` on restore, and Keras 3.15 never clears it, so a
+    later `fit` on the same model (the next phase) would start at that epoch.
+    """
+    model._initial_epoch = None
+
+
+# The attribute `clear_initial_epoch` resets, for proxies that must forward it.
+INITIAL_EPOCH_ATTRIBUTE = "_initial_epoch"
+
+
+def backed_up_epoch(backup_dir):
+    """The epoch `keras.callbacks.BackupAndRestore` will resume from, or None.
+
+    Keras records it in `training_metadata.json` beside its backup and offers no
+    way to read it before `fit` restores it; resume needs it earlier, to drop the
+    logs of the epochs that will be replayed.
+    """
+    with open(os.path.join(backup_dir, "training_metadata.json"), encoding="utf-8") as f:
+        return json.load(f)["epoch"]
+
+
+def always_in_inference_mode(layer):
+    """Makes `layer` (a BatchNormalization) ignore `training` and use its moving statistics.
+
+    Keras 3 runs a trainable BatchNormalization in training mode under `fit`,
+    and a functional model overrides a `training=False` given at construction.
+    BitFit needs a trainable scale and offset with fixed statistics; Keras has
+    no switch for that, so this replaces `call` on this instance only. It is
+    not saved (see `freezing.batchnorm_frozen`); `release_inference_mode` undoes it.
+    """
+    call = type(layer).call
+
+    def call_in_inference_mode(inputs, training=None, mask=None):
+        return call(layer, inputs, training=False, mask=mask)
+
+    object.__setattr__(layer, "call", call_in_inference_mode)  # untracked by Keras
+
+
+def release_inference_mode(layer):
+    """Undoes `always_in_inference_mode`: the class's `call` again."""
+    if "call" in vars(layer):
+        object.__delattr__(layer, "call")

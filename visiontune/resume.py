@@ -21,7 +21,7 @@ import time
 import keras
 import numpy as np
 
-from visiontune import adapters, rundir
+from visiontune import adapters, keras_private, rundir
 
 STATE = "state.json"
 SETTINGS = "settings.json"
@@ -89,9 +89,7 @@ class Journal:
         try:
             with open(self._log_path(phase), encoding="utf-8") as f:
                 logged = json.load(f)
-            with open(os.path.join(self._backup_dir(phase), "training_metadata.json"),
-                      encoding="utf-8") as f:
-                restored = json.load(f)["epoch"]
+            restored = keras_private.backed_up_epoch(self._backup_dir(phase))
         except (OSError, ValueError, KeyError):
             return []
         return [entry for entry in logged if entry["epoch"] < restored][: restored - start]
@@ -182,7 +180,8 @@ class _KeepAdapters:
 
     def _variables(self):
         return [v for layer in adapters.lora_layers(self._model)
-                for v in (layer._kernel, layer.lora_kernel_a, layer.lora_kernel_b)]
+                for v in (keras_private.lora_base_kernel(layer), layer.lora_kernel_a,
+                          layer.lora_kernel_b)]
 
     def save_weights(self, filepath, overwrite=True, **kwargs):
         self._model.save_weights(filepath, overwrite=overwrite, **kwargs)
