@@ -80,6 +80,7 @@ def test_lora_on_efficientnet_lite_says_only_1x1_convolutions_take_adapters():
         adapters.enable_lora(model, 2, rank=0)
 
 
+@pytest.mark.slow  # trains three times or more
 def test_lora_resumes_after_a_crash_in_a_later_gradual_stage(tmp_path):
     fit = functools.partial(fit_1_plus_3, gradual_epochs=1, method="lora", lora_rank=2)
     reference = fit(str(tmp_path / "whole"))
@@ -161,6 +162,7 @@ def test_lora_export_is_merged_and_matches_the_adapted_model(tmp_path):
     assert export.parity(model, path, "savedmodel", x.astype(np.uint8)) < 1e-5
 
 
+@pytest.mark.slow  # trains three times or more
 def test_compare_methods_starts_every_method_from_the_same_warm_head():
     x, y = color_images(16, size=32)
     build = lambda: visiontune.build_classifier(tiny_backbone(), 3, None)  # noqa: E731

@@ -96,6 +96,7 @@ def test_run_reports_the_interval_and_the_count(tmp_path, capsys):
            f"12 images)" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains three times or more
 def test_transfer_suite_runs_end_to_end_and_reuses_stored_results(tmp_path, capsys,
                                                                   monkeypatch):
     monkeypatch.syspath_prepend(os.path.abspath(SCRIPTS))

@@ -55,6 +55,7 @@ def fit(backup_dir, cache, callbacks=()):
     return model, history
 
 
+@pytest.mark.slow  # trains three times or more
 @pytest.mark.parametrize("cache", ["off", "memory"])
 @pytest.mark.parametrize("crash_epoch", [1, 5])
 def test_resume_after_a_crash_continues_in_the_right_phase(tmp_path, cache, crash_epoch):
@@ -104,6 +105,7 @@ train.run(config.parse_config(sys.argv[1:]), callbacks=[Kill()])
 """
 
 
+@pytest.mark.slow  # trains three times or more
 def test_sigkill_in_phase_2_then_resume_matches_an_uninterrupted_run(tmp_path):
     data = write_image_folder(str(tmp_path / "photos"), n_per_class=12)
     # 24 training images in batches of 8: 3 steps per epoch; phase 2 is epochs 2 to 4.
@@ -175,6 +177,7 @@ def fit_1_plus_3(backup, callbacks=(), finetune_lr=1e-3, **fine_tune_kwargs):
     return model
 
 
+@pytest.mark.slow  # trains three times or more
 def test_resume_with_discriminative_rates_restores_every_blocks_optimizer(tmp_path):
     fit = functools.partial(fit_1_plus_3, lr_decay=0.5)
     reference = fit(str(tmp_path / "whole"))
