@@ -92,8 +92,10 @@ def code_version(*sources, modules=None):
     """A digest of the source behind a result: visiontune's `modules` (by default every
     module a training run executes) and `sources` (functions or modules of scripts/).
 
-    It digests each file's syntax tree without docstrings (`_semantics`), so a lint fix
-    or a comment keeps stored results; any change to what the code does reruns them.
+    It digests each file's name and syntax tree without docstrings (`_semantics`), so a
+    lint fix or a comment keeps stored results; any change to what the code does, or a
+    renamed module, reruns them. The tree's printed form can differ between Python
+    versions, so another Python also reruns them.
     """
     digest = hashlib.sha256()
     package = os.path.dirname(visiontune.__file__)
@@ -103,6 +105,7 @@ def code_version(*sources, modules=None):
                       else root == package and name in modules)
             if wanted:
                 with open(os.path.join(root, name), encoding="utf-8") as f:
+                    digest.update(os.path.relpath(os.path.join(root, name), package).encode())
                     digest.update(_semantics(f.read()).encode())
     for source in sources:
         digest.update(_semantics(inspect.getsource(source)).encode())

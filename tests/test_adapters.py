@@ -209,7 +209,9 @@ def test_a_saved_bn_bias_model_keeps_batchnorm_frozen_in_plain_keras(tmp_path):
     model must not touch the BatchNorm moving statistics."""
     data = write_image_folder(str(tmp_path / "photos"), n_per_class=8)
     out = str(tmp_path / "run")
-    assert train.main(["--data", data, "--output", out, "--method", "bn-bias", *FAST]) == 0
+    # No head epochs, so best.keras is a phase 2 (trainable BatchNorm) checkpoint.
+    assert train.main(["--data", data, "--output", out, "--method", "bn-bias", *FAST,
+                       "--head-epochs", "0"]) == 0
     x, y = color_images(8, size=32, seed=4)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
@@ -232,6 +234,7 @@ def test_the_inference_mode_wrapper_goes_when_batchnorm_is_frozen_again():
     freezing.set_trainable_blocks(model, 2)  # A later two-phase phase.
     assert not any("call" in vars(layer) or getattr(layer, "_visiontune_inference_only", False)
                    for layer in freezing.all_layers(model))
-    with freezing.batchnorm_frozen(model):  # Saving freezes; nothing was trainable here.
-        pass
-    assert not any(layer.trainable for layer in wrapped)
+    freezing.set_trainable_blocks(model, 2, method="bn-bias")
+    with freezing.batchnorm_frozen(model):  # As saving does, and then back to training.
+        assert not any(layer.trainable for layer in wrapped)
+    assert all(layer.trainable for layer in wrapped)

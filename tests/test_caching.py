@@ -264,3 +264,27 @@ def test_every_family_trains_the_same_weights_cached_and_uncached():
             failures.append(f"{family}: max weight difference {gap:.2e}, "
                             f"validation loss {loss_gap:.2e}")
     assert not failures, failures
+
+
+def test_lora_and_discriminative_rates_use_the_given_block_patterns():
+    patterns = _merged_patterns()
+    x, y = color_images(8, size=32)
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+    visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=1, method="lora",
+                         lora_rank=2, unfreeze_blocks=1, block_patterns=patterns, verbose=0)
+    backbone = visiontune.find_backbone(model)
+    assert [backbone.get_layer(f"block{b}a_conv").lora_enabled for b in (1, 2, 3)] == \
+        [False, True, True]
+    # lr_decay=0.5 per block: blocks 2 and 3 are one block here, so one rate.
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+    backbone = visiontune.find_backbone(model)
+    kernels = [backbone.get_layer(f"block{b}a_conv").kernel for b in (2, 3)]
+    before = [keras.ops.convert_to_numpy(k).copy() for k in kernels]
+    visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=1, finetune_lr=1e-3,
+                         schedule="constant", warmup_epochs=0, lr_decay=0.5,
+                         unfreeze_blocks=2, block_patterns=patterns, verbose=0)
+    steps = [np.median(np.abs(keras.ops.convert_to_numpy(k) - b))
+             for k, b in zip(kernels, before)]
+    np.testing.assert_allclose(steps, [1e-3, 1e-3], rtol=0.02)  # registry blocks: 5e-4, 1e-3

@@ -110,3 +110,12 @@ def test_plots_draw_the_numbers_they_are_given():
     (ax,) = plots.lr_sweep([1e-4, 1e-3, 1e-2], [2.0, 1.0, 3.0], suggestion=1e-4).axes
     assert list(ax.get_lines()[0].get_ydata()) == [2.0, 1.0, 3.0]
     assert list(ax.get_lines()[1].get_xdata()) == [1e-4, 1e-4]
+
+
+def test_the_picture_check_tells_empty_axes_from_a_plot(tmp_path):
+    empty = plots.lr_sweep([], [], path=str(tmp_path / "empty.png"))
+    assert empty.axes
+    with pytest.raises(AssertionError, match="shows no data"):
+        assert_picture(str(tmp_path / "empty.png"))
+    plots.lr_sweep([1e-4, 1e-3, 1e-2], [2.0, 1.0, 3.0], path=str(tmp_path / "sweep.png"))
+    assert_picture(str(tmp_path / "sweep.png"), size=(600, 400))

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 from visiontune import finetune, keras_private
 
@@ -113,3 +114,14 @@ def test_always_in_inference_mode_keeps_a_trainable_batchnorm_on_its_statistics(
     np.testing.assert_allclose(model(x, training=True), model(x, training=False))
     keras_private.release_inference_mode(bn)
     assert not np.allclose(model(x, training=True), model(x, training=False))
+
+
+def test_set_untracked_keeps_variables_out_of_the_layers_weights():
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    extra = keras.Variable(np.zeros(3, "float32"))
+    # Keras's own __setattr__ tracks variables, and refuses new ones once built ...
+    with pytest.raises(ValueError, match="already built"):
+        layer.extra = (extra,)
+    keras_private.set_untracked(layer, "extra", (extra,))  # ... this leaves them out.
+    assert len(layer.weights) == 2 and layer.extra == (extra,)

@@ -90,6 +90,7 @@ def test_loader_trains_on_the_messy_folder(messy):
     splits = data.load_data(root, 32, batch_size=4, augment_preset="light", verbose=False)
     good = splits.train_files.paths
     assert len(good) == 15 and not set(good) & bad  # 10 plain images and 5 odd but readable
+    assert sum(int(images.shape[0]) for images, _ in splits.train) == 15  # none dropped
     model = visiontune.build_classifier(tiny_backbone(), 2)
     before = [w.copy() for w in model.get_weights()]
     counter = _CountSteps()

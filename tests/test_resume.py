@@ -226,3 +226,83 @@ def _fit_with(backup, unfreeze_blocks, **kwargs):
     visiontune.fine_tune(model, *fixed_order_data(), head_epochs=1, finetune_epochs=3,
                          **{"finetune_lr": 1e-3, **kwargs}, unfreeze_blocks=unfreeze_blocks,
                          shuffle=False, backup_dir=backup, verbose=0)
+
+
+def _auto_named_model():
+    """A model whose layers Keras names itself: the names count up within a process."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    backbone = keras.Model(inputs, keras.layers.Conv2D(8, 3, strides=2)(x))
+    return visiontune.build_classifier(backbone, 3, None, dropout=0.0)
+
+
+def test_api_resume_accepts_the_same_settings_in_the_same_process(tmp_path):
+    """Rebuilt in one process, unnamed layers get new names (conv2d_1, ...), and a
+    dict of class weights from NumPy has NumPy keys: neither is another setting."""
+    backup = str(tmp_path / "backup")
+    train_ds, val_ds = fixed_order_data()
+    weights = dict(zip(np.arange(3), [1.0, 2.0, 1.0]))  # np.int64 keys
+
+    def run(callbacks=(), class_weight=weights):
+        keras.utils.set_random_seed(0)
+        model = _auto_named_model()
+        visiontune.fine_tune(model, train_ds, val_ds, head_epochs=1, finetune_epochs=2,
+                             finetune_lr=1e-3, unfreeze_blocks=1, shuffle=False,
+                             class_weight=class_weight, backup_dir=backup,
+                             callbacks=list(callbacks), verbose=0)
+        return model
+
+    with pytest.raises(KeyboardInterrupt):
+        run([Interrupt(2)])
+    epochs = Epochs()
+    run([epochs], class_weight={0: 1.0, 1: 2.0, 2: 1.0})
+    assert epochs.trained == [2]
+
+
+def test_a_first_call_that_failed_before_any_progress_can_be_retried_with_new_settings(
+        tmp_path):
+    backup = str(tmp_path / "backup")
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+    with pytest.raises(KeyboardInterrupt):  # in the first batch: nothing saved yet
+        visiontune.fine_tune(model, *fixed_order_data(), head_epochs=1, finetune_epochs=1,
+                             head_lr=1.0, backup_dir=backup, callbacks=[Interrupt(0)],
+                             verbose=0)
+    assert os.path.exists(os.path.join(backup, "settings.json"))
+    assert not os.path.exists(os.path.join(backup, "state.json"))
+    visiontune.fine_tune(model, *fixed_order_data(), head_epochs=1, finetune_epochs=1,
+                         head_lr=1e-3, backup_dir=backup, verbose=0)  # not refused
+
+
+@pytest.mark.parametrize("cache", ["off", "memory"])
+def test_a_resumed_checkpoint_does_not_take_the_first_resumed_epoch_for_the_best(
+        tmp_path, cache):
+    """`mode="max"` on the validation loss makes the first epoch the best (the loss
+    falls), so no resumed epoch may save. Without the restored best, or with a
+    restorer that missed the checkpoint inside the cached run's wrapper, one would."""
+    backup, best = str(tmp_path / "backup"), str(tmp_path / "best.keras")
+    monitor = "val_loss"
+
+    def checkpoint():
+        return keras.callbacks.ModelCheckpoint(best, monitor=monitor, mode="max",
+                                               save_best_only=True)
+
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        visiontune.fine_tune(model, *fixed_order_data(), head_epochs=2, finetune_epochs=3,
+                             finetune_lr=1e-3, unfreeze_blocks=2, cache=cache, shuffle=False,
+                             backup_dir=backup, callbacks=[checkpoint(), Interrupt(4)],
+                             verbose=0)
+    assert os.path.exists(best)
+    os.remove(best)
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+    history = visiontune.fine_tune(model, *fixed_order_data(), head_epochs=2,
+                                   finetune_epochs=3, finetune_lr=1e-3, unfreeze_blocks=2,
+                                   cache=cache, shuffle=False, backup_dir=backup,
+                                   callbacks=[checkpoint()], verbose=0)
+    losses = history.history[monitor]
+    assert losses[0] == max(losses)  # what makes "no save" the right answer
+    assert not os.path.exists(best)

@@ -79,8 +79,8 @@ def plan(model, unfreeze_blocks, mode="auto", num_images=None, budget_bytes=None
         if training_below:
             raise CannotCut(f"{len(training_below)} weights below {where} train (first: "
                             f"{training_below[0]}), so it is not a fixed function of the "
-                            "image; are the trainable blocks counted with other "
-                            "block_patterns?")
+                            "image (were the trainable blocks set with other "
+                            "block_patterns, or a layer unfrozen by hand?)")
     except CannotCut as error:
         return Plan("off", f"not cached: {error}")
     per_image = 4 * math.prod(bottom.output.shape[1:])

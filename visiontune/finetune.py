@@ -174,7 +174,10 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
         backup_dir: Enables resuming: per-epoch backups (Keras
             `BackupAndRestore`) and per-phase state go here, and a call with
             the same `backup_dir` after a crash continues from the last
-            finished epoch, skipping finished phases.
+            finished epoch, skipping finished phases. The settings are
+            recorded there too; once progress is saved, a call with other
+            settings (phases, rates, method, blocks, label smoothing, class
+            weights, the model's architecture) raises `ValueError` naming them.
         jit_compile: Compile the train step with XLA.
         strategy: A `tf.distribute` strategy, or `None`. Build `model` inside
             its scope; each phase compiles inside it. Batches are global
@@ -250,13 +253,14 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
 
 def _resume_settings(model, phases, **options):
     """What a resumed run must share with the run it continues: the phases, the options
-    that change training, and the model's architecture (its weights' names and shapes).
-    Whether activations are cached, and compilation, change nothing and may differ."""
-    architecture = json.dumps([[w.path, list(w.shape)] for w in model.weights
+    that change training, and the model's architecture: its weights' shapes and dtypes
+    in order (not their names, which Keras numbers per process for unnamed layers).
+    Left out: caching, compilation and the strategy, which change the speed and, for
+    the cache, only the order in which shuffled examples are drawn."""
+    architecture = json.dumps([[list(w.shape), str(w.dtype)] for w in model.weights
                                if not w.path.endswith(("lora_kernel_a", "lora_kernel_b"))])
     return {"phases": {p.name: dataclasses.asdict(p) for p in phases},
-            "model": {"name": model.name,
-                      "architecture": hashlib.sha256(architecture.encode()).hexdigest()[:12]},
+            "model": {"architecture": hashlib.sha256(architecture.encode()).hexdigest()[:12]},
             **options}
 
 
@@ -445,8 +449,10 @@ def _resumed_best(callbacks, history, finished):
 
 class _ResumedBest(keras.callbacks.Callback):
     """Sets a checkpoint's `best` to the best of `values`, judged as the checkpoint
-    judges (its `mode`, or the metric's direction), at the first epoch's end: Keras
-    decides the direction only once the metrics are built."""
+    judges (its `mode`, or the metric's direction). Keras decides the direction once
+    the metrics are built, so this runs at the first epoch's end, before the
+    checkpoint. (Checkpoints that save the best every N batches already fail in
+    Keras 3.15 itself: it decides the direction at epoch ends only.)"""
 
     def __init__(self, checkpoint, values):
         super().__init__()

@@ -147,7 +147,9 @@ def _keep_in_inference_mode(layer):
     opposite: learn the scale and offset, keep the statistics. Keras has no
     switch for that, so the layer's own `call` is wrapped, on this instance
     only, to always pass `training=False` (`keras_private.always_in_inference_mode`).
-    The wrapper is not saved, so saving freezes BatchNorm (`batchnorm_frozen`).
+    The wrapper is not saved, so `rundir.save_model` (which the CLI uses) saves
+    BatchNorm frozen (`batchnorm_frozen`); save a bn-bias model from your own
+    code inside `batchnorm_frozen(model)`, or through `rundir.save_model`.
     """
     if getattr(layer, "_visiontune_inference_only", False):
         return
@@ -183,9 +185,7 @@ def batchnorm_frozen(model):
             layer.trainable = True
 
 
-def _set_untracked(layer, name, value):
-    """Sets an attribute without Keras tracking it (a tuple of variables would be)."""
-    object.__setattr__(layer, name, value)
+_set_untracked = keras_private.set_untracked
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,18 @@ def improves(callback):
     return lambda a, b: bool(op(a, b))
 
 
+def set_untracked(layer, name, value):
+    """Sets an attribute on a layer without Keras tracking it.
+
+    A layer's `__setattr__` tracks what it is given: a tuple of variables would
+    join the layer's weights (and, once the layer is built, is refused).
+    visiontune keeps bookkeeping on layers (which variables it froze, whether
+    `call` is wrapped) that must not.
+    Keras has no public way to opt an attribute out of tracking.
+    """
+    object.__setattr__(layer, name, value)
+
+
 def call_tensors(layer):
     """`(inputs, outputs)`: the tensors of `layer`'s first call in a functional graph.
 
@@ -83,7 +95,7 @@ def always_in_inference_mode(layer):
     def call_in_inference_mode(inputs, training=None, mask=None):
         return call(layer, inputs, training=False, mask=mask)
 
-    object.__setattr__(layer, "call", call_in_inference_mode)  # untracked by Keras
+    set_untracked(layer, "call", call_in_inference_mode)
 
 
 def release_inference_mode(layer):

@@ -9,7 +9,9 @@ each phase compiles a new optimizer. So `Journal` adds what it lacks:
   of epochs that will be replayed are dropped on restore);
 - after each phase, the model's weights and the merged history, so that a
   resumed run skips finished phases and starts the next one from their end;
-- for LoRA phases, the adapters themselves (see `_KeepAdapters`).
+- for LoRA phases, the adapters themselves (see `_KeepAdapters`);
+- the settings the run was started with (`settings.json`), so that a call with
+  other settings is refused instead of continuing a different run.
 """
 
 import glob
@@ -35,18 +37,23 @@ class Journal:
         os.makedirs(folder, exist_ok=True)
 
     def check_settings(self, settings):
-        """Records `settings` for a new run; refuses to resume a run made with others.
+        """Records `settings`; refuses to resume saved progress that was made with others.
 
         Weights are restored by position and phases by name, so a resume with another
         method, depth, rate or backbone would otherwise continue silently into a
-        different run.
+        different run. Before any progress is saved (a first call that failed early),
+        new settings simply replace the old.
         """
         path = os.path.join(self.folder, SETTINGS)
-        settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
-        try:
-            with open(path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except FileNotFoundError:
+        settings = json.loads(json.dumps(_plain(settings), sort_keys=True))
+        saved = None
+        if self._has_progress():
+            try:
+                with open(path, encoding="utf-8") as f:
+                    saved = json.load(f)
+            except FileNotFoundError:
+                pass
+        if saved is None:
             rundir.write_json(path, settings)
             return
         before, now = _flatten(saved), _flatten(settings)
@@ -57,6 +64,11 @@ class Journal:
                 f"backup_dir={self.folder!r} holds a run with other settings: "
                 f"{', '.join(changed)}. Pass the settings it was started with to resume it, "
                 "or another backup_dir (or delete this one) to start a new run.")
+
+    def _has_progress(self):
+        """Whether a finished phase or a Keras epoch backup is saved here."""
+        return os.path.exists(os.path.join(self.folder, STATE)) or any(
+            os.path.isdir(os.path.join(self.folder, name)) for name in os.listdir(self.folder))
 
     def completed(self):
         """Names of the phases finished before, in order ([] for a new run)."""
@@ -110,6 +122,20 @@ class Journal:
 
     def _backup_dir(self, phase):
         return os.path.join(self.folder, phase.name)
+
+
+def _plain(value):
+    """JSON-ready: NumPy scalars as Python numbers, dict keys as strings, tuples as lists,
+    so that `{np.int64(0): 1.0}` and `{0: 1.0}` record the same setting."""
+    if isinstance(value, dict):
+        return {str(_plain(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
 
 
 def _flatten(value, prefix=""):

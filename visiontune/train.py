@@ -163,6 +163,7 @@ def _train(config, out, cache, callbacks, say, strategy=None):
     except finetune.TrainingDivergedError as error:
         rundir.write_history_csv(os.path.join(out, "history.csv"), error.history)
         best = os.path.join(out, "best.keras")
+        _make_plain(best, config.method)
         kept = (f" The best checkpoint so far is kept at {os.path.abspath(best)}."
                 if os.path.exists(best) else " No epoch finished with a finite loss.")
         raise finetune.TrainingDivergedError(str(error) + kept, error.history) from None
@@ -172,11 +173,7 @@ def _train(config, out, cache, callbacks, say, strategy=None):
                            "distribute": config.distribute,
                            "replicas": distribute.replicas(strategy)}
     _write_artifacts(out, model, splits, history, metrics)
-    best = os.path.join(out, "best.keras")
-    if config.method in ("lora", "bn-bias") and os.path.exists(best):
-        # ModelCheckpoint saved it with adapters or trainable BatchNorm; the run's models
-        # are plain and frozen where they must be, like model.keras.
-        rundir.save_model(keras.saving.load_model(best), best)
+    _make_plain(os.path.join(out, "best.keras"), config.method)
     after_head = os.path.join(out, "backup", START_WEIGHTS)
     if os.path.exists(after_head):  # Kept for `python -m visiontune.interpolate`.
         os.replace(after_head, os.path.join(out, START_WEIGHTS))
@@ -206,6 +203,13 @@ def _report_data(splits, config, say):
 def _default_size(backbone):
     return visiontune.backbones.get_spec(backbone).default_size
 
+
+
+def _make_plain(best, method):
+    """ModelCheckpoint saves `best.keras` as the model trains: with LoRA adapters, or with
+    bn-bias's trainable BatchNorm. Resave it plain and frozen, like model.keras."""
+    if method in ("lora", "bn-bias") and os.path.exists(best):
+        rundir.save_model(keras.saving.load_model(best), best)
 
 def _final_metrics(model, splits, history, out):
     """Scores the final model on the validation data and draws the run's plots.
