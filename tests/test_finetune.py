@@ -183,37 +183,6 @@ def test_ema_ends_phase_2_on_the_moving_average_of_its_weights():
     np.testing.assert_allclose(kernel.numpy(), average, rtol=1e-5, atol=1e-6)
 
 
-def test_phase_2_optimizer_and_its_default_rate_follow_the_method_and_the_flags():
-    """Two-phase fine-tunes with SGD (momentum 0.9) by default, at 10x the adaptive rate;
-    LoRA stays on Adam; `optimizer` sets both phases and `finetune_optimizer` phase 2."""
-    assert finetune.default_finetune_lr("two-phase", 5000, "adam") == pytest.approx(
-        finetune.FINETUNE_LR["two-phase"] / finetune.SGD_RATE_FACTOR)
-    assert finetune.default_finetune_lr("lora", 5000, "sgd") == pytest.approx(
-        finetune.FINETUNE_LR["lora"] * finetune.SGD_RATE_FACTOR)
-    x, y = color_images(12, size=32, seed=5)  # 36 images
-
-    def optimizers(**kwargs):
-        seen = []
-        record = keras.callbacks.LambdaCallback(
-            on_train_end=lambda logs: seen.append(record.model.optimizer))
-        model = visiontune.build_classifier(tiny_backbone(), 3)
-        visiontune.fine_tune(model, (x, y), head_epochs=1, finetune_epochs=1, verbose=0,
-                             callbacks=[record], **kwargs)
-        return [(type(o).__name__, float(getattr(o, "momentum", 0)),
-                 float(o.learning_rate)) for o in seen]
-
-    small = 36 / finetune.FULL_RATE_IMAGES
-    sgd = finetune.FINETUNE_LR["two-phase"] * small
-    assert optimizers() == [("Adam", 0, pytest.approx(3e-3)),
-                            ("SGD", 0.9, pytest.approx(sgd, rel=1e-4))]
-    assert optimizers(optimizer="adamw") == [
-        ("AdamW", 0, pytest.approx(3e-3)),
-        ("AdamW", 0, pytest.approx(sgd / finetune.SGD_RATE_FACTOR, rel=1e-4))]
-    assert optimizers(finetune_optimizer="rmsprop", finetune_lr=1e-4) == [
-        ("Adam", 0, pytest.approx(3e-3)), ("RMSprop", 0, pytest.approx(1e-4, rel=1e-4))]
-    assert optimizers(method="lora")[1][:2] == ("Adam", 0)
-
-
 def test_the_default_phase_2_rate_shrinks_with_fewer_training_images():
     full = finetune.FINETUNE_LR["two-phase"]
     assert finetune.default_finetune_lr("two-phase", 5000) == full

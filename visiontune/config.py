@@ -98,19 +98,13 @@ class TrainConfig:
     finetune_lr: typing.Optional[float] = _field(
         _RECIPE["finetune_lr"], "Schedule", "phase 2 peak learning rate (default: per "
         "method, " + ", ".join(f"{k} {v:g}" for k, v in finetune.FINETUNE_LR.items() if v)
-        + f" with its phase 2 optimizer, sgd taking {finetune.SGD_RATE_FACTOR}x the rate of "
-        f"the others; two-phase's shrinks in proportion below {finetune.FULL_RATE_IMAGES} "
-        "training images)")
+        + f"; two-phase's shrinks in proportion below {finetune.FULL_RATE_IMAGES} training "
+        "images)")
     unfreeze_blocks: int = _field(
         _RECIPE["unfreeze_blocks"], "Schedule", "backbone blocks to unfreeze in phase 2, "
                                                 "counted from the top; BatchNorm stays frozen")
-    optimizer: typing.Optional[str] = _field(
-        _RECIPE["optimizer"], "Schedule", "optimizer of both phases (default: adam in phase 1; "
-        "in phase 2 " + ", ".join(f"{v} for {k}" for k, v in finetune.FINETUNE_OPTIMIZER.items()
-                                  if v) + ")", choices=(None, *finetune.OPTIMIZERS))
-    finetune_optimizer: typing.Optional[str] = _field(
-        _RECIPE["finetune_optimizer"], "Schedule", "phase 2 optimizer, overriding --optimizer "
-        "there", choices=(None, *finetune.OPTIMIZERS))
+    optimizer: str = _field(_RECIPE["optimizer"], "Schedule", "optimizer of both phases",
+                            choices=finetune.OPTIMIZERS)
     schedule: str = _field(_RECIPE["schedule"], "Schedule", "phase 2 learning-rate schedule: "
                            "cosine decays to 0 after the warmup", choices=finetune.SCHEDULES)
     warmup_epochs: int = _field(_RECIPE["warmup_epochs"], "Schedule",
@@ -303,10 +297,9 @@ def build_parser(prog="python -m visiontune.train", description=None):
             group.add_argument(flag, action=argparse.BooleanOptionalAction,
                                default=field.default, help=meta["help"])
             continue
-        choices = [c for c in meta.get("choices") or () if c is not None] or None
         group.add_argument(flag, type=_parser_type(hints[field.name]), default=field.default,
-                           choices=choices, help=meta["help"],
-                           metavar=None if choices else field.name.upper())
+                           choices=meta.get("choices"), help=meta["help"],
+                           metavar=None if meta.get("choices") else field.name.upper())
     return parser
 
 

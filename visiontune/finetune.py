@@ -23,44 +23,23 @@ SCHEDULES = ("constant", "cosine")
 # What phase 2 trains: the top blocks' weights, only their BatchNorm affine parameters and
 # biases, only LoRA adapters on them, or nothing (phase 1 alone is a linear probe).
 METHODS = ("two-phase", "bn-bias", "lora", "linear-probe")
-# Phase 2's optimizer per method, unless `optimizer` or `finetune_optimizer` names one.
-# Full fine-tuning uses SGD with momentum: its step scales with the gradient, so when
-# the head already fits the training images (near-ImageNet photos) the backbone moves
-# little, where Adam moves every weight by about the rate whatever the gradient. On
-# monkeys this kept 3 more of 272 validation images at seed 0 (README, "Defaults").
-FINETUNE_OPTIMIZER = {"two-phase": "sgd", "bn-bias": "adam", "lora": "adam",
-                      "linear-probe": None}
-# Phase 2 peak rates per method, for its `FINETUNE_OPTIMIZER`. Adapters start at zero and
-# BitFit moves few parameters, so both need a high rate (README, "Methods"). For
-# two-phase this is the rate from `FULL_RATE_IMAGES` training images up; below that it
-# shrinks in proportion (`default_finetune_lr`): the transfer suite found that 200
-# near-ImageNet photos are overfitted at a rate that 600 ultrasound images need (README,
-# "How good is it").
-FINETUNE_LR = {"two-phase": 3e-3, "bn-bias": 1e-3, "lora": 1e-3, "linear-probe": None}
-# SGD takes this many times the rate of the adaptive optimizers (Adam, AdamW, RMSprop),
-# whose step does not scale with the gradient: two-phase used 3e-4 with Adam.
-SGD_RATE_FACTOR = 10
+# Phase 2 peak rates per method. Adapters start at zero and BitFit moves few parameters, so
+# both need a high rate (README, "Methods"). For two-phase this is the rate from
+# `FULL_RATE_IMAGES` training images up; below that it shrinks in proportion
+# (`default_finetune_lr`): the transfer suite found that 200 near-ImageNet photos are
+# overfitted at a rate that 600 ultrasound images need (README, "How good is it").
+FINETUNE_LR = {"two-phase": 3e-4, "bn-bias": 1e-3, "lora": 1e-3, "linear-probe": None}
 FULL_RATE_IMAGES = 1000
 
 
-def default_finetune_lr(method, train_images=None, optimizer=None):
-    """Phase 2's default peak rate for `method`, `optimizer` and `train_images` images.
-
-    `optimizer` defaults to the method's `FINETUNE_OPTIMIZER`; SGD and the adaptive
-    optimizers differ by `SGD_RATE_FACTOR`.
+def default_finetune_lr(method, train_images=None):
+    """Phase 2's default peak rate for `method` and a training set of `train_images`.
 
     `fine_tune` counts a batched dataset in whole batches (`caching.count_images`),
     so flowers-mini's 200 images in 7 batches of 32 count as 224: 6.7e-5. An
     unknown count gets the full rate, and `fine_tune` says so.
     """
     rate = FINETUNE_LR[method]
-    if rate is None:
-        return None
-    default = FINETUNE_OPTIMIZER[method]
-    if (optimizer or default) == "sgd" and default != "sgd":
-        rate *= SGD_RATE_FACTOR
-    elif (optimizer or default) != "sgd" and default == "sgd":
-        rate /= SGD_RATE_FACTOR
     if method == "two-phase" and train_images:
         rate *= min(1.0, train_images / FULL_RATE_IMAGES)
     return rate
@@ -113,7 +92,7 @@ class Phase:
 
 # Defaults measured on flowers-mini with EfficientNet-Lite0 (see README, "Defaults").
 def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_epochs=10,
-              finetune_lr=None, unfreeze_blocks=2, optimizer=None, finetune_optimizer=None,
+              finetune_lr=None, unfreeze_blocks=2, optimizer="adam", finetune_optimizer=None,
               schedule="cosine", warmup_epochs=1, lr_decay=1.0, gradual_epochs=0,
               method="two-phase", lora_rank=8, label_smoothing=0.0, ema=0.0,
               block_patterns=None, class_weight=None, callbacks=None,
@@ -135,14 +114,11 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
         head_lr: Phase 1 learning rate.
         finetune_epochs: Phase 2 epochs; 0 skips the phase.
         finetune_lr: Phase 2 (peak) learning rate; default
-            `default_finetune_lr(method, training images, phase 2 optimizer)`.
+            `default_finetune_lr(method, training images)`.
         unfreeze_blocks: Top blocks to unfreeze in phase 2 (or to give
             adapters, or whose BatchNorm and biases train).
-        optimizer: `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9), or `"rmsprop"`,
-            for both phases. Default: Adam for phase 1, and the method's
-            `FINETUNE_OPTIMIZER` for phase 2 (SGD for two-phase, Adam for the
-            others).
-        finetune_optimizer: Phase 2 optimizer; overrides `optimizer` there.
+        optimizer: `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9), or `"rmsprop"`.
+        finetune_optimizer: Phase 2 optimizer; defaults to `optimizer`.
         schedule: Phase 2 rate: `"cosine"` decay to zero after the warmup, or
             `"constant"`.
         warmup_epochs: Phase 2 linear warmup epochs before the cosine decay.
@@ -227,13 +203,11 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
                          "blocks, so it needs unfreeze_blocks >= 1. Received: "
                          f"unfreeze_blocks={unfreeze_blocks!r}.")
     patterns = None if block_patterns is None else tuple(block_patterns)
-    phases = [Phase("head", head_epochs, head_lr, 0, optimizer or "adam",
-                    block_patterns=patterns)]
+    phases = [Phase("head", head_epochs, head_lr, 0, optimizer, block_patterns=patterns)]
     if method != "linear-probe":
-        finetune_optimizer = finetune_optimizer or optimizer or FINETUNE_OPTIMIZER[method]
         if finetune_lr is None:
             images = caching.count_images(train)
-            finetune_lr = default_finetune_lr(method, images, finetune_optimizer)
+            finetune_lr = default_finetune_lr(method, images)
             if images is None and method == "two-phase" and finetune_epochs and verbose != 0:
                 print(f"Phase 2 rate: the training data's size is unknown, so the default "
                       f"rate is {finetune_lr:g}, meant for {FULL_RATE_IMAGES}+ images; pass "
@@ -241,7 +215,7 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
         phases += finetune_phases(
             finetune_epochs, finetune_lr,
             unfreeze_blocks,
-            finetune_optimizer, schedule, warmup_epochs, lr_decay,
+            finetune_optimizer or optimizer, schedule, warmup_epochs, lr_decay,
             gradual_epochs, method="unfreeze" if method == "two-phase" else method,
             lora_rank=lora_rank, ema=ema, block_patterns=patterns)
     if not 0 <= label_smoothing < 1:

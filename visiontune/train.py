@@ -139,8 +139,7 @@ def _train(config, out, cache, callbacks, say, strategy=None):
     finetune_lr = config.finetune_lr
     if scale != 1 and config.method != "linear-probe":
         finetune_lr = (finetune_lr or finetune.default_finetune_lr(
-            config.method, caching.count_images(splits.train),
-            config.finetune_optimizer or config.optimizer)) * scale
+            config.method, caching.count_images(splits.train))) * scale
     callbacks = [*(callbacks or []),
                  keras.callbacks.ModelCheckpoint(os.path.join(out, "best.keras"),
                                                  monitor="val_loss", save_best_only=True),
@@ -151,7 +150,6 @@ def _train(config, out, cache, callbacks, say, strategy=None):
             head_epochs=config.head_epochs, head_lr=config.head_lr * scale,
             finetune_epochs=config.finetune_epochs, finetune_lr=finetune_lr,
             unfreeze_blocks=config.unfreeze_blocks, optimizer=config.optimizer,
-            finetune_optimizer=config.finetune_optimizer,
             method=config.method, lora_rank=config.lora_rank,
             label_smoothing=config.label_smoothing, ema=config.ema,
             schedule=config.schedule, warmup_epochs=config.warmup_epochs,
