@@ -91,8 +91,14 @@ def test_corruptions_are_fixed_and_change_every_image():
     assert (changed > 5).all(), changed  # Blur, noise, contrast and JPEG all show.
 
 
-def test_interpolate_cli_sweeps_a_run_and_saves_the_best(tmp_path):
-    data = write_image_folder(str(tmp_path / "photos"), n_per_class=8)
+@pytest.mark.parametrize("layout", ["random split", "train and val folders"])
+def test_interpolate_cli_sweeps_a_run_and_saves_the_best(tmp_path, layout):
+    data = str(tmp_path / "photos")
+    if layout == "random split":
+        write_image_folder(data, n_per_class=8)
+    else:  # Caught: the run's split.json was checked against train/ alone, and refused.
+        write_image_folder(os.path.join(data, "train"), n_per_class=6)
+        write_image_folder(os.path.join(data, "val"), n_per_class=3, seed=1)
     out = str(tmp_path / "run")
     assert train.main(["--data", data, "--output", out, *FAST]) == 0
     assert os.path.exists(os.path.join(out, "after-head.weights.npz"))

@@ -121,10 +121,11 @@ def sweep(run_dir, alphas, select="mean", verbose=True):
     start = _start_model(run_dir, finetuned)
     config = config_lib.load_yaml(os.path.join(run_dir, "config.yaml"))
     size = finetuned.input_shape[1:3]
-    splits = data.load_data(config.get("data", "builtin:digits"), size,
+    source = config.get("data", "builtin:digits")
+    splits = data.load_data(source, size,
                             validation_split=config.get("validation_split", 0.2),
                             seed=config.get("seed", 0), val_source=config.get("val_data"),
-                            resize=resize, split_file=os.path.join(run_dir, "split.json"),
+                            resize=resize, split_file=_split_file(run_dir, source, config),
                             verbose=False)
     batches = [(np.asarray(x), np.asarray(y)) for x, y in splits.val]  # No model pass.
     pixels = np.concatenate([x for x, _ in batches]).clip(0, 255).astype(np.uint8)
@@ -170,6 +171,19 @@ def score_alphas(start, finetuned, pixels, labels, alphas, verbose=True):
         if verbose:
             print(f"alpha {alpha:<5g} clean {row['clean']:.3f}  shifted {row['shifted']:.3f}")
     return rows
+
+
+def _split_file(run_dir, source, config):
+    """The run's `split.json`, if its validation images came from a random split.
+
+    A `val/` folder (or `--val-data`) fixes the validation images itself; the split
+    file would then be checked against the training folder alone, which does not
+    hold them (`data._reuse_split`).
+    """
+    own_val = config.get("val_data") or (
+        isinstance(source, str) and os.path.isdir(source)
+        and "val" in data.split_subfolders(source))
+    return None if own_val else os.path.join(run_dir, "split.json")
 
 
 def _start_model(run_dir, finetuned):
