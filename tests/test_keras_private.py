@@ -1,5 +1,10 @@
 """Each use of Keras internals (`visiontune/keras_private.py`) against the installed Keras."""
 
+import ast
+import hashlib
+import os
+import shutil
+
 import keras
 import numpy as np
 import pytest
@@ -125,3 +130,63 @@ def test_set_untracked_keeps_variables_out_of_the_layers_weights():
         layer.extra = (extra,)
     keras_private.set_untracked(layer, "extra", (extra,))  # ... this leaves them out.
     assert len(layer.weights) == 2 and layer.extra == (extra,)
+
+
+def test_keras_home_is_where_get_file_keeps_files(tmp_path):
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"visiontune")
+    folder = os.path.join(os.path.expanduser(keras_private.keras_home()), "visiontune-test")
+    try:
+        path = keras.utils.get_file("probe.bin", source.as_uri(), cache_subdir="visiontune-test")
+        assert os.path.samefile(path, os.path.join(folder, "probe.bin"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_file_matches_hash_is_get_files_check(tmp_path):
+    path = tmp_path / "w.h5"
+    path.write_bytes(b"weights")
+    assert keras_private.file_matches_hash(str(path), hashlib.sha256(b"weights").hexdigest())
+    assert keras_private.file_matches_hash(str(path), hashlib.md5(b"weights").hexdigest())
+    assert not keras_private.file_matches_hash(str(path), "0" * 64)
+
+
+def test_replaced_get_file_sees_keras_applications_downloads():
+    class Intercepted(Exception):
+        pass
+
+    seen = []
+
+    def replacement(original):
+        seen.append(original)
+
+        def get_file(fname=None, origin=None, **kwargs):
+            raise Intercepted(fname, origin)
+        return get_file
+
+    with keras_private.replaced_get_file(replacement), pytest.raises(Intercepted) as caught:
+        keras.applications.ResNet50(weights="imagenet", include_top=False,
+                                    input_shape=(32, 32, 3))
+    fname, origin = caught.value.args
+    assert fname.endswith("_notop.h5") and origin.startswith("https://")
+    # Restored on exit: the next replacement is handed the public function again,
+    # not the intercepting one.
+    with keras_private.replaced_get_file(replacement):
+        pass
+    assert seen == [keras.utils.get_file, keras.utils.get_file]
+
+
+def test_no_other_module_imports_keras_internals():
+    package = os.path.dirname(keras_private.__file__)
+    importers = []
+    for name in sorted(os.listdir(package)):
+        if name.endswith(".py") and name != "keras_private.py":
+            with open(os.path.join(package, name), encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            modules = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                       for alias in node.names]
+            modules += [node.module or "" for node in ast.walk(tree)
+                        if isinstance(node, ast.ImportFrom)]
+            if any(m == "keras.src" or m.startswith("keras.src.") for m in modules):
+                importers.append(name)
+    assert importers == []

@@ -2,11 +2,14 @@
 
 `tests/test_keras_private.py` checks each against the installed Keras, so an
 upgrade that changes one fails there, by name, rather than somewhere in training.
-(`weights.py` still patches Keras's download function itself; see its docstring.)
 """
 
+import contextlib
 import json
 import os
+
+from keras.src.backend import config as _backend_config
+from keras.src.utils import file_utils as _file_utils
 
 
 def improves(callback):
@@ -102,3 +105,40 @@ def release_inference_mode(layer):
     """Undoes `always_in_inference_mode`: the class's `call` again."""
     if "call" in vars(layer):
         object.__delattr__(layer, "call")
+
+
+def keras_home():
+    """Keras's cache root (`~/.keras`, or `$KERAS_HOME`), where `get_file` keeps files.
+
+    `keras.utils.get_file` puts files under it by default, but Keras exports no
+    function that returns it; `weights.py` needs it to name the file a
+    download would have written.
+    """
+    return _backend_config.keras_home()
+
+
+def file_matches_hash(path, file_hash):
+    """Whether the file at `path` has the sha256 or md5 `file_hash` (`get_file`'s own check).
+
+    Keras's `validate_file` is the check `get_file` makes before it trusts a
+    cached file; using it keeps "cached and valid" meaning what it means to Keras.
+    """
+    return bool(_file_utils.validate_file(path, file_hash))
+
+
+@contextlib.contextmanager
+def replaced_get_file(make_replacement):
+    """Routes `keras.applications`' weight downloads through a replacement while active.
+
+    `keras.applications` constructors call `file_utils.get_file` through the
+    module, so swapping the module's attribute is the one place to add a check
+    before a download (`weights.offline_guard`); Keras has no download hook.
+    `make_replacement(original)` returns the function to use; the original is
+    restored on exit, also after an error.
+    """
+    original = _file_utils.get_file
+    _file_utils.get_file = make_replacement(original)
+    try:
+        yield
+    finally:
+        _file_utils.get_file = original

@@ -14,8 +14,7 @@ import socket
 import threading
 import urllib.parse
 
-from keras.src.backend.config import keras_home  # Keras's cache root; not public API.
-from keras.src.utils import file_utils  # keras.applications download through this module.
+from visiontune import keras_private
 
 _PROBE_TIMEOUT_S = 4.0
 
@@ -44,7 +43,7 @@ def resolve(weights):
 
 def keras_cache_dir():
     """Returns the folder where Keras keeps downloaded application weights."""
-    return os.path.join(os.path.expanduser(keras_home()), "models")
+    return os.path.join(os.path.expanduser(keras_private.keras_home()), "models")
 
 
 def host_reachable(url, timeout=_PROBE_TIMEOUT_S):
@@ -79,30 +78,28 @@ def offline_guard(backbone_name):
     Otherwise the download host is probed; when it is unreachable a
     `WeightsUnavailableError` names the exact file and folder Keras expects.
     """
-    original = file_utils.get_file
+    def guard(original):
+        def guarded_get_file(fname=None, origin=None, cache_subdir="datasets",
+                             cache_dir=None, file_hash=None, **kwargs):
+            fname = fname or os.path.basename(urllib.parse.urlsplit(origin).path)
+            folder = os.path.join(
+                os.path.expanduser(cache_dir or keras_private.keras_home()), cache_subdir)
+            target = os.path.join(folder, fname)
+            cached = os.path.exists(target) and (
+                file_hash is None or keras_private.file_matches_hash(target, file_hash))
+            if not cached and not host_reachable(origin):
+                state = ("is corrupt or incomplete" if os.path.exists(target)
+                         else "is not cached")
+                raise WeightsUnavailableError(
+                    f"ImageNet weights for {backbone_name} are not available offline: "
+                    f"{fname} {state} in {folder} and {origin} cannot be reached.\n"
+                    f"Download {origin} on a machine with network access and copy it to "
+                    f"{target}, or pass `weights=<path to a weights file>` "
+                    "(CLI: --weights PATH), or `weights=None` to train from scratch."
+                )
+            return original(fname=fname, origin=origin, cache_subdir=cache_subdir,
+                            cache_dir=cache_dir, file_hash=file_hash, **kwargs)
+        return guarded_get_file
 
-    def guarded_get_file(fname=None, origin=None, cache_subdir="datasets",
-                         cache_dir=None, file_hash=None, **kwargs):
-        fname = fname or os.path.basename(urllib.parse.urlsplit(origin).path)
-        folder = os.path.join(os.path.expanduser(cache_dir or keras_home()),
-                              cache_subdir)
-        target = os.path.join(folder, fname)
-        cached = os.path.exists(target) and (
-            file_hash is None or file_utils.validate_file(target, file_hash))
-        if not cached and not host_reachable(origin):
-            state = "is corrupt or incomplete" if os.path.exists(target) else "is not cached"
-            raise WeightsUnavailableError(
-                f"ImageNet weights for {backbone_name} are not available offline: "
-                f"{fname} {state} in {folder} and {origin} cannot be reached.\n"
-                f"Download {origin} on a machine with network access and copy it to "
-                f"{target}, or pass `weights=<path to a weights file>` "
-                "(CLI: --weights PATH), or `weights=None` to train from scratch."
-            )
-        return original(fname=fname, origin=origin, cache_subdir=cache_subdir,
-                        cache_dir=cache_dir, file_hash=file_hash, **kwargs)
-
-    file_utils.get_file = guarded_get_file
-    try:
+    with keras_private.replaced_get_file(guard):
         yield
-    finally:
-        file_utils.get_file = original
