@@ -238,3 +238,19 @@ def test_the_inference_mode_wrapper_goes_when_batchnorm_is_frozen_again():
     with freezing.batchnorm_frozen(model):  # As saving does, and then back to training.
         assert not any(layer.trainable for layer in wrapped)
     assert all(layer.trainable for layer in wrapped)
+
+
+def test_lora_variables_are_the_adapters_and_leave_the_resume_fingerprint_alone():
+    from visiontune import finetune
+
+    model = classifier()
+    before = finetune._resume_settings(model, [])["model"]
+    report = adapters.enable_lora(model, 2, rank=2)
+    found = adapters.lora_variables(model)
+    assert len(found) == 2 * len(report.adapted) > 0
+    assert sorted(v.path.rsplit("/", 1)[-1] for v in found) == \
+        sorted(["lora_kernel_a", "lora_kernel_b"] * len(report.adapted))
+    assert len({id(v) for v in found}) == len(found)
+    # A model that gained adapters (a resumed LoRA phase) is the same architecture.
+    assert finetune._resume_settings(model, [])["model"] == before
+    assert adapters.lora_variables(classifier(1)) == []

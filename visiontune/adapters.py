@@ -90,6 +90,11 @@ def lora_layers(model):
     return [layer for layer in freezing.all_layers(model) if getattr(layer, "lora_enabled", False)]
 
 
+def lora_variables(model):
+    """Returns the adapter variables (`lora_kernel_a` and `lora_kernel_b`) of `model`'s layers."""
+    return [v for layer in lora_layers(model) for v in (layer.lora_kernel_a, layer.lora_kernel_b)]
+
+
 def merge_lora(model):
     """Returns `model` as a plain model: each adapter folded into its kernel.
 
@@ -109,7 +114,7 @@ def merge_lora(model):
     _strip_lora(config)
     plain = keras.saving.deserialize_keras_object(config)
     merged = {id(keras_private.lora_base_kernel(layer)): _merged_kernel(layer) for layer in adapted}
-    skip = {id(v) for layer in adapted for v in (layer.lora_kernel_a, layer.lora_kernel_b)}
+    skip = {id(v) for v in lora_variables(model)}
     values = [merged.get(id(v), v) for v in model.weights if id(v) not in skip]
     plain.set_weights([np.asarray(v) for v in values])
     return plain

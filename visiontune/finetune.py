@@ -257,8 +257,9 @@ def _resume_settings(model, phases, **options):
     in order (not their names, which Keras numbers per process for unnamed layers).
     Left out: caching, compilation and the strategy, which change the speed and, for
     the cache, only the order in which shuffled examples are drawn."""
+    adapters_added = {id(v) for v in adapters.lora_variables(model)}
     architecture = json.dumps([[list(w.shape), str(w.dtype)] for w in model.weights
-                               if not w.path.endswith(("lora_kernel_a", "lora_kernel_b"))])
+                               if id(w) not in adapters_added])
     return {"phases": {p.name: dataclasses.asdict(p) for p in phases},
             "model": {"architecture": hashlib.sha256(architecture.encode()).hexdigest()[:12]},
             **options}
