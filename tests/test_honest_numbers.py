@@ -176,3 +176,34 @@ def test_suite_code_version_ignores_layout_but_not_behaviour(monkeypatch):
     # A module docstring, and a function left with only its docstring, stay valid trees.
     assert transfer_suite._semantics('"""Module."""\ndef f():\n    """Only this."""\n') == \
         transfer_suite._semantics("def f():\n    pass\n")
+
+
+def test_results_are_carried_over_a_refactor_only_when_fresh_rows_equal_them(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.abspath(SCRIPTS))
+    import carry_over_results as carry
+    import transfer_suite
+
+    def key(dataset, method, seed, version):
+        return transfer_suite.Results.key(dataset, method, {"lr": 1}, seed, version)
+
+    stored = {key("a", "probe", 0, "p-old"): {"val_accuracy": 0.9},
+              key("a", "probe", 1, "p-old"): {"val_accuracy": 0.8},
+              key("a", "probe", 0, "p-older"): {"val_accuracy": 0.5},
+              key("a", "keras.io", 0, "k-old"): {"val_accuracy": 0.7, "seconds": 99}}
+    fresh = {key("a", "probe", 0, "p-new"): {"val_accuracy": 0.9, "seconds": 5},
+             key("a", "probe", 1, "p-new"): {"val_accuracy": 0.8, "seconds": 5}}
+    added = carry.carry_over(stored, fresh, {"probe": "p-old"}, {"keras.io": "k-old"},
+                             {"keras.io": "k-new"})
+    assert set(added) == {key("a", "probe", 0, "p-new"), key("a", "probe", 1, "p-new"),
+                          key("a", "keras.io", 0, "k-new")}
+    carried = added[key("a", "keras.io", 0, "k-new")]
+    assert carried["seconds"] == 99 and carried["carried_over_from"]["version"] == "k-old"
+    assert added[key("a", "probe", 0, "p-new")]["val_accuracy"] == 0.9
+    # One fresh row that differs (even in the last digit) carries nothing over.
+    fresh[key("a", "probe", 1, "p-new")] = {"val_accuracy": 0.8 + 1e-12}
+    with pytest.raises(SystemExit, match="seed 1: stored 0.8, fresh 0.80000"):
+        carry.carry_over(stored, fresh, {"probe": "p-old"}, {"keras.io": "k-old"},
+                         {"keras.io": "k-new"})
+    # Nor does a verified method without fresh rows.
+    with pytest.raises(SystemExit, match="no fresh default rows"):
+        carry.carry_over(stored, {}, {"default": "d-old"}, {}, {})
