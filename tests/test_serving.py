@@ -1,8 +1,8 @@
 """predict, evaluate and export on a finished run."""
 
-import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -81,12 +81,59 @@ def test_tflite_export_matches_keras(run, tmp_path):
     assert export.parity(model, target, "tflite", export.sample_images(out, model, resize)) < 1e-4
 
 
-def test_missing_onnx_converter_names_the_package(run, tmp_path, capsys):
-    if importlib.util.find_spec("tf2onnx") is not None:
-        pytest.skip("tf2onnx is installed here")
+def test_onnx_export_matches_keras_in_onnx_runtime(run, tmp_path, capsys):
+    import onnxruntime
+
+    out, _ = run
+    target = str(tmp_path / "model.onnx")
+    assert export.main([out, "--format", "onnx", "--output", target]) == 0
+    assert "[3/3] checking parity" in capsys.readouterr().out
+    assert os.path.isfile(tmp_path / "labels.txt")
+    model, _, resize = serving.load_run(out)
+    pixels = export.sample_images(out, model, resize)
+    session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
+    (image,) = session.get_inputs()
+    assert image.type == "tensor(uint8)" and image.shape[1:] == [32, 32, 3]
+    got = session.run(None, {image.name: pixels})[0]
+    expected = model.predict(pixels.astype("float32"), verbose=0)
+    assert got.shape == expected.shape and np.max(np.abs(got - expected)) < 1e-4
+    assert export.parity(model, target, "onnx", pixels) < 1e-4
+
+
+def test_tflite_runs_in_litert(run, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, _ = run
+    target = str(tmp_path / "model.tflite")
+    assert export.main([out, "--format", "tflite", "--output", target, "--quiet"]) == 0
+    model, _, resize = serving.load_run(out)
+    pixels = export.sample_images(out, model, resize)
+    interpreter = Interpreter(model_path=target)
+    (inp,), (result,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.uint8
+    interpreter.resize_tensor_input(inp["index"], pixels.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], pixels)
+    interpreter.invoke()
+    expected = model.predict(pixels.astype("float32"), verbose=0)
+    assert np.max(np.abs(interpreter.get_tensor(result["index"]) - expected)) < 1e-4
+
+
+def test_missing_onnx_converter_names_the_extra(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # `import tf2onnx` now fails
     out, _ = run
     assert export.main([out, "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 2
-    assert "pip install tf2onnx" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "needs tf2onnx, which is not installed" in error
+    assert "pip install 'visiontune[onnx]'" in error
+    assert not os.path.exists(tmp_path / "m.onnx")
+
+
+def test_quantize_is_refused_for_formats_that_ignore_it(run, tmp_path, capsys):
+    out, _ = run
+    assert export.main([out, "--format", "onnx", "--quantize", "float16",
+                        "--output", str(tmp_path / "m.onnx")]) == 2
+    assert "applies to --format tflite only" in capsys.readouterr().err
 
 
 def test_not_a_run_directory_is_a_clear_error(tmp_path, capsys):

@@ -20,13 +20,23 @@ _EXTENSIONS = {"savedmodel": "", "tflite": ".tflite", "onnx": ".onnx"}
 
 
 def parity(model, exported_path, fmt, pixels):
-    """Returns the largest absolute difference between Keras and exported outputs."""
+    """Returns the largest absolute difference between Keras and exported outputs.
+
+    Each export runs in the runtime that serves it: TensorFlow for SavedModel,
+    LiteRT for TFLite, ONNX Runtime for ONNX.
+    """
     expected = model.predict(pixels.astype(np.float32), verbose=0)
     if fmt == "savedmodel":
         loaded = tf.saved_model.load(exported_path)  # keep a reference: it owns the variables
         got = loaded.serve(tf.constant(pixels)).numpy()
+    elif fmt == "onnx":
+        import onnxruntime  # The onnx extra; `serving.export` checked it is installed.
+
+        session = onnxruntime.InferenceSession(exported_path,
+                                               providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: pixels})[0]
     else:
-        interpreter = tf.lite.Interpreter(model_path=exported_path)
+        interpreter = _litert_interpreter(exported_path)
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         interpreter.resize_tensor_input(inp["index"], pixels.shape)
         interpreter.allocate_tensors()
@@ -34,6 +44,18 @@ def parity(model, exported_path, fmt, pixels):
         interpreter.invoke()
         got = interpreter.get_tensor(out["index"])
     return float(np.max(np.abs(expected - got)))
+
+
+def _litert_interpreter(path):
+    """LiteRT's interpreter (`ai-edge-litert`), which replaces TensorFlow's deprecated
+    `tf.lite.Interpreter`; that one is the fallback when the litert extra is missing."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        print("Checking parity with tf.lite.Interpreter, which TensorFlow deprecates; "
+              "pip install 'visiontune[litert]' to check with LiteRT.", file=sys.stderr)
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    return Interpreter(model_path=path)
 
 
 def sample_images(run_dir, model, resize, count=8):
@@ -59,8 +81,7 @@ def main(argv=None):
     parser.add_argument("--output", help="where to write (default RUN_DIR/export/model...)")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
     args = parser.parse_args(argv)
-    steps = 3 if args.format != "onnx" else 2
-    step = _Steps(steps, quiet=args.quiet)
+    step = _Steps(3, quiet=args.quiet)
     try:
         step("loading the run's model.keras")
         model, _, resize = serving.load_run(args.run_dir)
@@ -74,11 +95,10 @@ def main(argv=None):
         return 2
     beside = written if os.path.isdir(written) else os.path.dirname(os.path.abspath(written))
     shutil.copy(os.path.join(args.run_dir, "labels.txt"), os.path.join(beside, "labels.txt"))
-    if args.format != "onnx":
-        step("checking parity with the Keras model")
-        pixels = sample_images(args.run_dir, model, resize)
-        diff = parity(model, written, args.format, pixels)
-        step.say(f"Parity on {len(pixels)} images: max |keras - {args.format}| = {diff:.2e}")
+    step("checking parity with the Keras model")
+    pixels = sample_images(args.run_dir, model, resize)
+    diff = parity(model, written, args.format, pixels)
+    step.say(f"Parity on {len(pixels)} images: max |keras - {args.format}| = {diff:.2e}")
     step.say(f"Exported {os.path.abspath(written)} (input: uint8 RGB images, labels.txt "
              f"beside it) in {time.perf_counter() - step.began:.1f} s")
     return 0

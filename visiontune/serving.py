@@ -68,13 +68,19 @@ def export(model, path, fmt="savedmodel", quantize="none"):
     """Exports `model` to take raw uint8 images; returns the written path.
 
     SavedModel goes through Keras's own `ExportArchive`, with a `serve`
-    signature on uint8 input. TFLite is converted from that SavedModel. LoRA
-    adapters are merged first (`adapters.merge_lora`).
+    signature on uint8 input. TFLite is converted from that SavedModel. ONNX
+    is Keras's own exporter (`model.export(format="onnx")`, through tf2onnx)
+    on the model with a uint8 input. LoRA adapters are merged first
+    (`adapters.merge_lora`).
     """
     if fmt not in FORMATS:
         raise ValueError(f"Expected --format in {FORMATS}. Received: {fmt!r}")
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"Expected --quantize in {QUANTIZATIONS}. Received: {quantize!r}")
+    if quantize != "none" and fmt != "tflite":
+        raise ValueError(f"--quantize {quantize} applies to --format tflite only; "
+                         f"{fmt} exports keep float32 weights. Drop --quantize, or export "
+                         "to tflite.")
     model = adapters.merge_lora(model)
     if fmt == "onnx":
         return _write_onnx(model, path)
@@ -83,6 +89,9 @@ def export(model, path, fmt="savedmodel", quantize="none"):
     if fmt == "savedmodel":
         return saved
     if fmt == "tflite":
+        # Not Keras's `format="litert"`: it also allows TensorFlow (Flex) ops, which a
+        # LiteRT runtime without the Flex delegate cannot run. Built-in ops only, here,
+        # so a model that needs more fails at export rather than on the device.
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         if quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -99,16 +108,31 @@ def _serving_signature(model):
     return [tf.TensorSpec((None, height, width, 3), tf.uint8, name="image")]
 
 
+def _uint8_input(model):
+    """`model` behind a uint8 image input, for exporters that trace the model itself."""
+    height, width = model.input_shape[1:3]
+    pixels = keras.Input((height, width, 3), dtype="uint8", name="image")
+    return keras.Model(pixels, model(keras.ops.cast(pixels, "float32"), training=False))
+
+
 def _write_onnx(model, path):
-    try:
-        import tf2onnx  # Only this format needs it; it is not a dependency.
-    except ImportError:
-        raise ImportError("Exporting to ONNX needs the tf2onnx package, which is not "
-                          "installed: pip install tf2onnx") from None
-    serve = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
-    tf2onnx.convert.from_function(serve, input_signature=_serving_signature(model),
-                                  output_path=path)
+    missing = [name for name in ("tf2onnx", "onnxruntime")
+               if not _importable(name)]
+    if missing:
+        raise ImportError(f"Exporting to ONNX needs {' and '.join(missing)}, which "
+                          f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                          "pip install 'visiontune[onnx]'")
+    _uint8_input(model).export(path, format="onnx", verbose=False,
+                               input_signature=_serving_signature(model))
     return path
+
+
+def _importable(name):
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
 
 
 def _write_saved_model(model, path):
