@@ -147,3 +147,43 @@ def test_overwrite_replaces_a_run_but_never_a_foreign_folder(tmp_path):
     with pytest.raises(FileExistsError, match="not a visiontune run directory"):
         rundir.prepare(str(foreign), overwrite=True)
     assert (foreign / "thesis.tex").read_text() == "precious"
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_the_retry(tmp_path, capsys):
+    data = write_image_folder(str(tmp_path / "photos"), n_per_class=4)
+    out = tmp_path / "run"
+    # Caught before the run directory is made: a mistyped backbone, a missing folder.
+    assert train.main(["--data", data, "--output", str(out), *FAST,
+                       "--backbone", "mobilenet_v"]) == 2
+    assert "Did you mean 'mobilenetv2'?" in capsys.readouterr().err
+    assert train.main(["--data", str(tmp_path / "nope"), "--output", str(out), *FAST]) == 2
+    assert not out.exists()
+    # Caught after it was made, before any epoch finished: the run removes what it made.
+    assert train.main(["--data", data, "--output", str(out), *FAST,
+                       "--unfreeze-blocks", "999"]) == 2
+    assert "999" in capsys.readouterr().err and not out.exists()
+    assert train.main(["--data", data, "--output", str(out), *FAST]) == 0
+    assert (out / "model.keras").is_file()
+    # A failure in a folder the call did not create keeps the folder as it was.
+    assert train.main(["--data", data, "--output", str(out), *FAST, "--overwrite",
+                       "--unfreeze-blocks", "999"]) == 2
+    assert out.is_dir()
+
+
+def test_unknown_backbone_suggests_the_name_meant():
+    from visiontune import backbones
+
+    for typed, meant in (("efficientnet_lite", "efficientnet_lite0"), ("resnet5", "resnet50"),
+                         ("MobileNetV3-Larg", "mobilenetv3large")):
+        with pytest.raises(ValueError, match=f"Did you mean '{meant}'"):
+            backbones.get_spec(typed)
+    with pytest.raises(ValueError) as error:
+        backbones.get_spec("vgg16")
+    assert "Did you mean" not in str(error.value) and "resnet50" in str(error.value)
+
+
+def test_help_gives_each_default_once():
+    text = " ".join(config.build_parser().format_help().split())
+    assert "(default: none) (default:" not in text
+    assert "(default: the backbone's own) (default: None)" not in text
+    assert text.count("(default:") >= 20  # Flags whose help does not say it still get one.

@@ -8,6 +8,7 @@ backbone is one entry here and is covered by the existing tests.
 """
 
 import dataclasses
+import difflib
 import re
 from typing import Callable
 
@@ -133,9 +134,15 @@ def get_spec(name):
     for spec_name, spec in BACKBONES.items():
         if spec_name.replace("_", "") == key:
             return spec
+    # A name cut short ("efficientnet_lite") means the first that extends it, in registry
+    # order (Lite0); otherwise the closest spelling.
+    squashed = {n.replace("_", ""): n for n in BACKBONES}
+    close = [n for n in squashed if n.startswith(key)] or difflib.get_close_matches(
+        key, list(squashed), n=1)
+    suggestion = f" Did you mean {squashed[close[0]]!r}?" if close and key else ""
     raise ValueError(
-        f"Unknown backbone {name!r}. Expected one of: {', '.join(list_backbones())}. "
-        "Or pass a `keras.Model` to use your own."
+        f"Unknown backbone {name!r}.{suggestion} Expected one of: "
+        f"{', '.join(list_backbones())}. Or pass a `keras.Model` to use your own."
     )
 
 

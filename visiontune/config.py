@@ -283,7 +283,7 @@ def build_parser(prog="python -m visiontune.train", description=None):
     """Returns an `argparse` parser with one flag per `TrainConfig` field, in groups."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     parser.add_argument("--config", metavar="YAML",
                         help="YAML file of settings (keys as below, with underscores); "
                              "flags override it")
@@ -301,6 +301,15 @@ def build_parser(prog="python -m visiontune.train", description=None):
                            choices=meta.get("choices"), help=meta["help"],
                            metavar=None if meta.get("choices") else field.name.upper())
     return parser
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds each flag's default to its help, unless the help already says it in words."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def config_from_args(args):

@@ -29,6 +29,12 @@ STATE = "state.json"
 SETTINGS = "settings.json"
 
 
+def has_progress(folder):
+    """Whether `folder` (a `backup_dir`) holds a finished phase or a Keras epoch backup."""
+    return os.path.isdir(folder) and (os.path.exists(os.path.join(folder, STATE)) or any(
+        os.path.isdir(os.path.join(folder, name)) for name in os.listdir(folder)))
+
+
 class Journal:
     """Resume state of one `fine_tune` run, kept in `folder`."""
 
@@ -66,9 +72,7 @@ class Journal:
                 "or another backup_dir (or delete this one) to start a new run.")
 
     def _has_progress(self):
-        """Whether a finished phase or a Keras epoch backup is saved here."""
-        return os.path.exists(os.path.join(self.folder, STATE)) or any(
-            os.path.isdir(os.path.join(self.folder, name)) for name in os.listdir(self.folder))
+        return has_progress(self.folder)
 
     def completed(self):
         """Names of the phases finished before, in order ([] for a new run)."""

@@ -18,7 +18,8 @@ import tensorflow as tf
 
 import visiontune
 from visiontune import (caching, classifier, config as config_lib, data, distribute, evaluation,
-                        finetune, freezing, images, plots, rundir)
+                        finetune, freezing, images, plots, resume, rundir)
+from visiontune import weights as weights_lib
 from visiontune.interpolate import START_WEIGHTS
 
 
@@ -47,10 +48,13 @@ def run(config, callbacks=None):
     chief = strategy is None or distribute.is_chief()
     if not chief and output:  # Only the chief writes the run directory; see `_worker_dir`.
         output = _worker_dir(output)
+    _check_names(config)  # Before the run directory exists: a typo must not block a retry.
+    created = False
     if config.resume and (chief or os.path.isdir(output)):
         out = rundir.prepare_resume(output)
         config_lib.check_resumable(config, os.path.join(out, "config.yaml"))
     else:
+        created = not (os.path.isdir(output) and os.listdir(output))
         out = rundir.prepare(output, config.overwrite or not chief)
         rundir.write_text(os.path.join(out, "config.yaml"), config_lib.saved_yaml(config))
     say(f"visiontune: run directory {os.path.abspath(out)}"
@@ -67,11 +71,34 @@ def run(config, callbacks=None):
     keras.config.set_dtype_policy(config.precision)
     try:
         metrics = _train(config, out, cache, callbacks, say, strategy)
+    except BaseException:
+        if created:
+            _discard_if_unstarted(out)
+        raise
     finally:
         keras.config.set_dtype_policy(policy)
     if not chief:
         shutil.rmtree(out, ignore_errors=True)
     return metrics
+
+
+def _check_names(config):
+    """Fails fast on a backbone, weights file or data folder that does not exist."""
+    visiontune.backbones.get_spec(config.backbone)
+    if str(config.weights).lower() not in ("none", "imagenet"):
+        weights_lib.resolve(config.weights)
+    for flag, source in (("--data", config.data), ("--val-data", config.val_data)):
+        if source and ":" not in str(source).split(os.sep)[0] and not os.path.isdir(source):
+            raise FileNotFoundError(f"{flag} {source!r}: no such folder. Pass a folder of "
+                                    "class subfolders, builtin:digits, or tfds:NAME.")
+
+
+def _discard_if_unstarted(out):
+    """Removes a run directory this call created when it failed before any epoch finished
+    (nothing in it is worth keeping, and it would block the corrected command)."""
+    if not resume.has_progress(os.path.join(out, "backup")) and \
+            not os.path.exists(os.path.join(out, "best.keras")):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _worker_dir(output):
