@@ -75,6 +75,8 @@ def test_flags_map_to_config_fields():
 def test_help_groups_and_explains_every_flag():
     result = subprocess.run([sys.executable, "-m", "visiontune.train", "--help"],
                             capture_output=True, text=True, check=True)
+    assert result.stderr == ""  # Not even TensorFlow's C++ start-up lines (quiet_start.py).
+    assert "--verbose" in result.stdout
     for group in ("Data:", "Model:", "Schedule:", "Output:"):
         assert group in result.stdout
     for flag in ("--data", "--backbone", "--weights", "--image-size", "--batch-size",

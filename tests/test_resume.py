@@ -120,10 +120,15 @@ def test_sigkill_in_phase_2_then_resume_matches_an_uninterrupted_run(tmp_path):
                             *flags], env=env, timeout=600, capture_output=True, text=True)
     assert crash.returncode == -signal.SIGKILL, crash.stderr
     assert not os.path.exists(os.path.join(killed, "metrics.json"))
+    # A plain command line, without TF_CPP_MIN_LOG_LEVEL: its output must show no
+    # TensorFlow C++ log lines (see quiet_start.py).
+    plain = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     resumed = subprocess.run([sys.executable, "-m", "visiontune.train", "--output", killed,
-                              "--resume", "--no-quiet"], env=env, timeout=600,
+                              "--resume", "--no-quiet"], env=plain, timeout=600,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+    native = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|oneDNN|cuda drivers", re.M)
+    assert not native.search(resumed.stdout + resumed.stderr), resumed.stderr
     assert "Resuming after the head phase" in resumed.stdout
     expected = json.load(open(os.path.join(reference, "metrics.json")))
     got = json.load(open(os.path.join(killed, "metrics.json")))

@@ -16,6 +16,13 @@ import warnings
 warnings.filterwarnings("ignore", category=RuntimeWarning,
                         message=r"'visiontune\.(interpolate|lr_find)' found in sys\.modules")
 
+from visiontune import quiet_start  # noqa: E402
+
+with quiet_start.native_logs_hidden():  # Commands start without TensorFlow's C++ lines.
+    import tensorflow as _tf
+
+    _tf.config.list_physical_devices()  # Probing devices logs too (a CUDA build, no GPU).
+
 from visiontune.adapters import enable_lora, merge_lora  # noqa: E402
 from visiontune.backbones import BACKBONES, BackboneSpec, list_backbones  # noqa: E402
 from visiontune.classifier import build_classifier  # noqa: E402

@@ -17,6 +17,7 @@ import typing
 import yaml
 
 from visiontune import augment as augment_lib, caching, data as data_lib, distribute, finetune
+from visiontune import quiet_start
 
 # The schedule's defaults are `fine_tune`'s, so the API and the CLI never disagree.
 _RECIPE = {name: p.default for name, p in inspect.signature(finetune.fine_tune).parameters.items()}
@@ -287,6 +288,7 @@ def build_parser(prog="python -m visiontune.train", description=None):
     parser.add_argument("--config", metavar="YAML",
                         help="YAML file of settings (keys as below, with underscores); "
                              "flags override it")
+    quiet_start.add_flag(parser)
     groups = {name: parser.add_argument_group(name, text) for name, text in GROUPS.items()}
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):

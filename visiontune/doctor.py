@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image  # Reads only the header: mode and size, without decoding.
 
 from visiontune import data
+from visiontune import quiet_start
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -116,6 +117,7 @@ def main(argv=None):
                         "train/ and val/ subfolders")
     parser.add_argument("--val-data", help="separate validation folder")
     parser.add_argument("--json", help="also write the report to this JSON file")
+    quiet_start.add_flag(parser)
     args = parser.parse_args(argv)
     try:
         report = diagnose(args.data, args.val_data, verbose=True)

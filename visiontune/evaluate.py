@@ -5,6 +5,7 @@ import os
 import sys
 
 from visiontune import data, evaluation, images, pipelines, plots, rundir, serving
+from visiontune import quiet_start
 
 
 def evaluate_folder(run_dir, folder, output=None, tta="none"):
@@ -42,6 +43,7 @@ def main(argv=None):
     parser.add_argument("--output", help="where to write (default RUN_DIR/eval-<name>)")
     parser.add_argument("--tta", choices=evaluation.TTA, default="none",
                         help="test-time augmentation: flip averages each image with its mirror")
+    quiet_start.add_flag(parser)
     args = parser.parse_args(argv)
     try:
         metrics, out = evaluate_folder(args.run_dir, args.data, args.output, args.tta)

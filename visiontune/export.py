@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from visiontune import serving
+from visiontune import quiet_start
 
 _EXTENSIONS = {"savedmodel": "", "tflite": ".tflite", "onnx": ".onnx"}
 
@@ -80,6 +81,7 @@ def main(argv=None):
                         help="TFLite weight quantization")
     parser.add_argument("--output", help="where to write (default RUN_DIR/export/model...)")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
+    quiet_start.add_flag(parser)
     args = parser.parse_args(argv)
     step = _Steps(3, quiet=args.quiet)
     try:

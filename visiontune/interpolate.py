@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from visiontune import config as config_lib, data, finetune, rundir, serving
+from visiontune import quiet_start
 
 START_WEIGHTS = "after-head.weights.npz"
 CORRUPTIONS = ("blur", "noise", "contrast", "jpeg")
@@ -208,6 +209,7 @@ def main(argv=None):
                         help="comma-separated weights of the fine-tuned model")
     parser.add_argument("--select", default="mean", choices=("clean", "shifted", "mean"),
                         help="which accuracy picks the saved model")
+    quiet_start.add_flag(parser)
     args = parser.parse_args(argv)
     try:
         alphas = [float(a) for a in args.alphas.split(",")]

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from visiontune import backbones, classifier, data as data_lib, finetune, freezing
+from visiontune import quiet_start
 
 RULE = ("the rate at the lowest smoothed loss, divided by 10: the loss still falls there, "
         "well before it turns up")
@@ -148,6 +149,7 @@ def main(argv=None):
     parser.add_argument("--optimizer", default="adam", choices=finetune.OPTIMIZERS)
     parser.add_argument("--output", default="lr_find.png", help="where the plot goes")
     parser.add_argument("--seed", type=int, default=0)
+    quiet_start.add_flag(parser)
     args = parser.parse_args(argv)
     try:
         keras.utils.set_random_seed(args.seed)

@@ -6,6 +6,7 @@ import json
 import sys
 
 from visiontune import evaluation, images, serving
+from visiontune import quiet_start
 
 
 def main(argv=None):
@@ -19,6 +20,7 @@ def main(argv=None):
     parser.add_argument("--output", help="write here instead of standard output")
     parser.add_argument("--tta", choices=evaluation.TTA, default="none",
                         help="test-time augmentation: flip averages each image with its mirror")
+    quiet_start.add_flag(parser)
     args = parser.parse_args(argv)
     try:
         model, class_names, resize = serving.load_run(args.run_dir)
