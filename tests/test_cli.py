@@ -72,9 +72,13 @@ def test_flags_map_to_config_fields():
     assert cfg.finetune_lr == 3e-5 and cfg.l2 == 0.0
 
 
+# A plain shell: TensorFlow's log level unset (conftest and CI set it).
+_PLAIN_ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
 def test_help_groups_and_explains_every_flag():
     result = subprocess.run([sys.executable, "-m", "visiontune.train", "--help"],
-                            capture_output=True, text=True, check=True)
+                            capture_output=True, text=True, check=True, env=_PLAIN_ENV)
     assert result.stderr == ""  # Not even TensorFlow's C++ start-up lines (quiet_start.py).
     assert "--verbose" in result.stdout
     for group in ("Data:", "Model:", "Schedule:", "Output:"):
@@ -165,11 +169,18 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_retry(tmp_path, capsys):
                        "--unfreeze-blocks", "999"]) == 2
     assert "999" in capsys.readouterr().err and not out.exists()
     assert train.main(["--data", data, "--output", str(out), *FAST]) == 0
-    assert (out / "model.keras").is_file()
-    # A failure in a folder the call did not create keeps the folder as it was.
+    finished = sorted(os.listdir(out))
+    assert "model.keras" in finished
+    # --overwrite with a typo fails before the finished run is emptied.
     assert train.main(["--data", data, "--output", str(out), *FAST, "--overwrite",
+                       "--backbone", "resnet5"]) == 2
+    assert sorted(os.listdir(out)) == finished
+    # A folder that existed before the call is never removed, even an empty one.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert train.main(["--data", data, "--output", str(mine), *FAST,
                        "--unfreeze-blocks", "999"]) == 2
-    assert out.is_dir()
+    assert mine.is_dir()
 
 
 def test_unknown_backbone_suggests_the_name_meant():
@@ -189,3 +200,29 @@ def test_help_gives_each_default_once():
     assert "(default: none) (default:" not in text
     assert "(default: the backbone's own) (default: None)" not in text
     assert text.count("(default:") >= 20  # Flags whose help does not say it still get one.
+
+
+def test_errors_still_reach_stderr_after_the_quiet_start(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "visiontune.train", "--data",
+                             str(tmp_path / "nope"), "--output", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=_PLAIN_ENV)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"visiontune.train: error: --data {str(tmp_path / 'nope')!r}: no such folder. Pass a "
+        "folder of class subfolders, builtin:digits, or tfds:NAME."]
+
+
+def test_quiet_start_drops_tensorflow_notices_and_keeps_everything_else(capfd):
+    from visiontune import quiet_start
+
+    with quiet_start.native_notices_hidden():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are "
+                    b"written to STDERR\n")
+        os.write(2, b"I0000 00:00:1795504355.414024   21900 port.cc:153] oneDNN custom "
+                    b"operations are on.\n")
+        os.write(2, b"F0000 00:00:1795504355.4 21900 cpu_feature_guard.cc:1] abort: AVX\n")
+        os.write(2, b"ImportError: numpy.core.multiarray failed to import\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err.splitlines() == [
+        "F0000 00:00:1795504355.4 21900 cpu_feature_guard.cc:1] abort: AVX",
+        "ImportError: numpy.core.multiarray failed to import", "after"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from visiontune import evaluate, export, predict, serving, train
-from conftest import write_image_folder
+from conftest import require_module, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_tflite_export_matches_keras(run, tmp_path):
 
 
 def test_onnx_export_matches_keras_in_onnx_runtime(run, tmp_path, capsys):
-    import onnxruntime
+    onnxruntime = require_module("onnxruntime")
 
     out, _ = run
     target = str(tmp_path / "model.onnx")
@@ -100,12 +100,13 @@ def test_onnx_export_matches_keras_in_onnx_runtime(run, tmp_path, capsys):
     assert export.parity(model, target, "onnx", pixels) < 1e-4
 
 
-def test_tflite_runs_in_litert(run, tmp_path):
-    from ai_edge_litert.interpreter import Interpreter
+def test_tflite_runs_in_litert(run, tmp_path, capsys):
+    Interpreter = require_module("ai_edge_litert.interpreter").Interpreter  # noqa: N806
 
     out, _ = run
     target = str(tmp_path / "model.tflite")
     assert export.main([out, "--format", "tflite", "--output", target, "--quiet"]) == 0
+    assert "tf.lite.Interpreter" not in capsys.readouterr().err  # parity ran on LiteRT
     model, _, resize = serving.load_run(out)
     pixels = export.sample_images(out, model, resize)
     interpreter = Interpreter(model_path=target)

@@ -18,10 +18,7 @@ warnings.filterwarnings("ignore", category=RuntimeWarning,
 
 from visiontune import quiet_start  # noqa: E402
 
-with quiet_start.native_logs_hidden():  # Commands start without TensorFlow's C++ lines.
-    import tensorflow as _tf
-
-    _tf.config.list_physical_devices()  # Probing devices logs too (a CUDA build, no GPU).
+quiet_start.import_tensorflow()  # First, so that commands start without its C++ lines.
 
 from visiontune.adapters import enable_lora, merge_lora  # noqa: E402
 from visiontune.backbones import BACKBONES, BackboneSpec, list_backbones  # noqa: E402

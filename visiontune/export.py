@@ -5,6 +5,7 @@ it, and a parity check against the `.keras` model is printed.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ def parity(model, exported_path, fmt, pixels):
         loaded = tf.saved_model.load(exported_path)  # keep a reference: it owns the variables
         got = loaded.serve(tf.constant(pixels)).numpy()
     elif fmt == "onnx":
-        import onnxruntime  # The onnx extra; `serving.export` checked it is installed.
+        import onnxruntime  # The onnx extra; `main` checks that it is installed.
 
         session = onnxruntime.InferenceSession(exported_path,
                                                providers=["CPUExecutionProvider"])
@@ -52,11 +53,19 @@ def _litert_interpreter(path):
     `tf.lite.Interpreter`; that one is the fallback when the litert extra is missing."""
     try:
         from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
+    except ModuleNotFoundError:
         print("Checking parity with tf.lite.Interpreter, which TensorFlow deprecates; "
               "pip install 'visiontune[litert]' to check with LiteRT.", file=sys.stderr)
         Interpreter = tf.lite.Interpreter  # noqa: N806
     return Interpreter(model_path=path)
+
+
+def _parity_runtime_missing(fmt):
+    """The reason parity cannot be checked here, or None."""
+    if fmt == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+        return ("Parity not checked: onnxruntime is not installed "
+                "(pip install 'visiontune[onnx]').")
+    return None
 
 
 def sample_images(run_dir, model, resize, count=8):
@@ -98,9 +107,19 @@ def main(argv=None):
     beside = written if os.path.isdir(written) else os.path.dirname(os.path.abspath(written))
     shutil.copy(os.path.join(args.run_dir, "labels.txt"), os.path.join(beside, "labels.txt"))
     step("checking parity with the Keras model")
-    pixels = sample_images(args.run_dir, model, resize)
-    diff = parity(model, written, args.format, pixels)
-    step.say(f"Parity on {len(pixels)} images: max |keras - {args.format}| = {diff:.2e}")
+    missing = _parity_runtime_missing(args.format)
+    if missing:
+        step.say(missing)
+    else:
+        pixels = sample_images(args.run_dir, model, resize)
+        try:
+            diff = parity(model, written, args.format, pixels)
+        except Exception as error:  # The runtime's own error types vary.
+            print(f"visiontune.export: error: {os.path.abspath(written)} was written, but "
+                  f"running it in the {args.format} runtime failed: {error}", file=sys.stderr)
+            return 2
+        step.say(f"Parity on {len(pixels)} images: max |keras - {args.format}| = "
+                 f"{diff:.2e}")
     step.say(f"Exported {os.path.abspath(written)} (input: uint8 RGB images, labels.txt "
              f"beside it) in {time.perf_counter() - step.began:.1f} s")
     return 0

@@ -54,7 +54,7 @@ def run(config, callbacks=None):
         out = rundir.prepare_resume(output)
         config_lib.check_resumable(config, os.path.join(out, "config.yaml"))
     else:
-        created = not (os.path.isdir(output) and os.listdir(output))
+        created = not os.path.exists(output)
         out = rundir.prepare(output, config.overwrite or not chief)
         rundir.write_text(os.path.join(out, "config.yaml"), config_lib.saved_yaml(config))
     say(f"visiontune: run directory {os.path.abspath(out)}"
@@ -71,8 +71,10 @@ def run(config, callbacks=None):
     keras.config.set_dtype_policy(config.precision)
     try:
         metrics = _train(config, out, cache, callbacks, say, strategy)
-    except BaseException:
-        if created:
+    except finetune.TrainingDivergedError:
+        raise  # Its history.csv (and best.keras, if any) are what the user must see.
+    except Exception:
+        if created:  # Not on Ctrl-C: the user may want to look, or --resume.
             _discard_if_unstarted(out)
         raise
     finally:
@@ -85,7 +87,7 @@ def run(config, callbacks=None):
 def _check_names(config):
     """Fails fast on a backbone, weights file or data folder that does not exist."""
     visiontune.backbones.get_spec(config.backbone)
-    if str(config.weights).lower() not in ("none", "imagenet"):
+    if str(config.weights).lower() != "none":  # As `_train` reads it.
         weights_lib.resolve(config.weights)
     for flag, source in (("--data", config.data), ("--val-data", config.val_data)):
         if source and ":" not in str(source).split(os.sep)[0] and not os.path.isdir(source):
@@ -94,8 +96,9 @@ def _check_names(config):
 
 
 def _discard_if_unstarted(out):
-    """Removes a run directory this call created when it failed before any epoch finished
-    (nothing in it is worth keeping, and it would block the corrected command)."""
+    """Removes a run directory that did not exist before this call, when the run failed
+    before any epoch finished: nothing in it is worth keeping, and it would block the
+    corrected command."""
     if not resume.has_progress(os.path.join(out, "backup")) and \
             not os.path.exists(os.path.join(out, "best.keras")):
         shutil.rmtree(out, ignore_errors=True)
