@@ -16,7 +16,7 @@ would have reported against always fine-tuning:
     python scripts/transfer_suite.py --seeds 3 --no-probe --no-keras-io
     python scripts/inner_choice.py --seeds 3
 
-Each trial is stored in `--results`, keyed by dataset, seed and code version.
+Each trial is stored in `--results`, keyed by dataset, settings, seed and code version.
 """
 
 import argparse
@@ -99,7 +99,9 @@ def main(argv=None):
             if row is None:
                 raise SystemExit(f"inner_choice: no stored default row for {dataset} seed "
                                  f"{seed} at this code version; run the suite first.")
-            key = suite.Results.key(dataset, "inner-choice", {}, seed, version)
+            key = suite.Results.key(dataset, "inner-choice",
+                                    {"inner_fraction": INNER_FRACTION,
+                                     **suite.settings_of(config)}, seed, version)
             found = results.get(key)
             if found is None:
                 keras.backend.clear_session()

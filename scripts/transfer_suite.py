@@ -68,10 +68,11 @@ def source_of(name, shared):
 
 # What the baselines run of visiontune: loading the data and building the backbone.
 BASELINE_MODULES = ("data.py", "images.py", "pipelines.py", "augment.py", "backbones.py",
-                    "lite.py", "weights.py", "torch_pickle.py")
-# Modules that a training run does not execute (or only for plots): editing them reruns nothing.
+                    "lite.py", "weights.py", "torch_pickle.py", "keras_private.py")
+# Modules that a training run does not execute (or only for plots, or for a command's
+# log lines): editing them reruns nothing.
 NOT_TRAINING = ("evaluate.py", "predict.py", "export.py", "serving.py", "doctor.py",
-                "lr_find.py", "compare.py", "plots.py", "interpolate.py")
+                "lr_find.py", "compare.py", "plots.py", "interpolate.py", "quiet_start.py")
 
 
 def _semantics(source):

@@ -186,24 +186,35 @@ def test_results_are_carried_over_a_refactor_only_when_fresh_rows_equal_them(mon
     def key(dataset, method, seed, version):
         return transfer_suite.Results.key(dataset, method, {"lr": 1}, seed, version)
 
-    stored = {key("a", "probe", 0, "p-old"): {"val_accuracy": 0.9},
-              key("a", "probe", 1, "p-old"): {"val_accuracy": 0.8},
-              key("a", "probe", 0, "p-older"): {"val_accuracy": 0.5},
+    stored = {key("a", "default", 0, "d-old"): {"val_accuracy": 0.9, "after_head": 0.8},
+              key("a", "default", 1, "d-old"): {"val_accuracy": 0.8, "after_head": 0.7},
+              key("b", "default", 0, "d-old"): {"val_accuracy": 0.6, "after_head": 0.5},
+              key("a", "default", 0, "d-older"): {"val_accuracy": 0.5},
               key("a", "keras.io", 0, "k-old"): {"val_accuracy": 0.7, "seconds": 99}}
-    fresh = {key("a", "probe", 0, "p-new"): {"val_accuracy": 0.9, "seconds": 5},
-             key("a", "probe", 1, "p-new"): {"val_accuracy": 0.8, "seconds": 5}}
-    added = carry.carry_over(stored, fresh, {"probe": "p-old"}, {"keras.io": "k-old"},
-                             {"keras.io": "k-new"})
-    assert set(added) == {key("a", "probe", 0, "p-new"), key("a", "probe", 1, "p-new"),
-                          key("a", "keras.io", 0, "k-new")}
+    fresh = {key("a", "default", 0, "d-new"): {"val_accuracy": 0.9, "after_head": 0.8,
+                                               "seconds": 5},
+             key("a", "default", 1, "d-new"): {"val_accuracy": 0.8, "after_head": 0.7,
+                                               "seconds": 5}}
+    versions = {"default": "d-new", "keras.io": "k-new", "probe": "p-new"}
+    added = carry.carry_over(stored, fresh, {"default": "d-old"}, {"keras.io": "k-old"},
+                             versions)
+    assert set(added) == {key("a", "default", 0, "d-new"), key("a", "default", 1, "d-new"),
+                          key("b", "default", 0, "d-new"), key("a", "keras.io", 0, "k-new")}
+    assert [added[key(d, "default", s, "d-new")]["carried_over_from"]["rerun"]
+            for d, s in (("a", 0), ("a", 1), ("b", 0))] == [True, True, False]
     carried = added[key("a", "keras.io", 0, "k-new")]
-    assert carried["seconds"] == 99 and carried["carried_over_from"]["version"] == "k-old"
-    assert added[key("a", "probe", 0, "p-new")]["val_accuracy"] == 0.9
-    # One fresh row that differs (even in the last digit) carries nothing over.
-    fresh[key("a", "probe", 1, "p-new")] = {"val_accuracy": 0.8 + 1e-12}
-    with pytest.raises(SystemExit, match="seed 1: stored 0.8, fresh 0.80000"):
-        carry.carry_over(stored, fresh, {"probe": "p-old"}, {"keras.io": "k-old"},
-                         {"keras.io": "k-new"})
-    # Nor does a verified method without fresh rows.
-    with pytest.raises(SystemExit, match="no fresh default rows"):
-        carry.carry_over(stored, {}, {"default": "d-old"}, {}, {})
+    assert carried["seconds"] == 99 and carried["carried_over_from"]["rerun"] is False
+    assert carried["carried_over_from"]["version"] == "k-old"
+    assert "2 rows of default were rerun" in carried["carried_over_from"]["evidence"]
+    # A fresh row that differs anywhere but in its timings carries nothing over ...
+    changed = {**fresh, key("a", "default", 1, "d-new"): {"val_accuracy": 0.8,
+                                                          "after_head": 0.71}}
+    with pytest.raises(SystemExit, match="a default seed 1: stored"):
+        carry.carry_over(stored, changed, {"default": "d-old"}, {}, versions)
+    # ... nor do fresh rows at a digest that is not the code's now,
+    with pytest.raises(SystemExit, match="at digest d-new, the code now at d-newer"):
+        carry.carry_over(stored, fresh, {"default": "d-old"}, {},
+                         {**versions, "default": "d-newer"})
+    # ... nor a verified method without fresh rows.
+    with pytest.raises(SystemExit, match="no fresh probe rows"):
+        carry.carry_over(stored, fresh, {"probe": "p-old"}, {}, versions)
