@@ -141,6 +141,10 @@ _FEATURES = {}  # Seeds that give the same split (a dataset with val/) share one
 
 
 def run_probe(source, seed, args):
+    # The training pipeline's shuffle, and so the order of the feature rows and the
+    # probe's cross-validation folds, also follows TensorFlow's global seed, which a
+    # visiontune run earlier in this process leaves set to its own seed: fix it here.
+    keras.utils.set_random_seed(seed)
     splits = data.load_data(source, args.image_size, seed=seed, verbose=False)
     began = time.perf_counter()
     # Array sources name their images by position, so only the seed tells their splits apart.
