@@ -117,6 +117,23 @@ def test_bn_bias_trains_batchnorm_affine_and_biases_in_inference_mode():
     assert "block3a_conv/kernel" in {v.path for v in model.trainable_variables}
 
 
+def test_bn_bias_on_convnext_trains_layer_norm_scales_offsets_and_biases():
+    """ConvNeXt has no BatchNorm: bn-bias trains its LayerNorms' scale and offset instead."""
+    model = visiontune.build_classifier("convnexttiny", 3, None, 32)
+    freezing.set_trainable_blocks(model, 1, method="bn-bias")
+    backbone = visiontune.find_backbone(model)
+    top = "convnext_tiny_stage_3_block_2_"
+    expected = {f"{top}{name}" for name in ("depthwise_conv/bias", "layernorm/gamma",
+                                            "layernorm/beta", "pointwise_conv_1/bias",
+                                            "pointwise_conv_2/bias")}
+    got = {v.path for v in backbone.trainable_variables}
+    # The final LayerNorm (a generic name, numbered per session) belongs to the last block.
+    final = {p for p in got if p.startswith("layer_normalization")}
+    assert {p.rsplit("/", 1)[1] for p in final} == {"gamma", "beta"}, got
+    assert got - final == expected
+    assert not any("layer_scale" in p or "kernel" in p for p in got)
+
+
 def test_linear_probe_trains_only_the_head_on_cached_features():
     model = classifier()
     x, y = color_images(16, size=32)

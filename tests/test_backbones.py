@@ -9,7 +9,8 @@ from visiontune import backbones
 
 LARGE = {"efficientnetb5", "efficientnetb6", "efficientnetb7", "efficientnetv2s",
          "efficientnetv2m", "efficientnetv2l", "resnet152", "resnet152v2", "resnet101",
-         "resnet101v2"}
+         "resnet101v2", "convnextbase", "convnextlarge", "convnextxlarge", "densenet201",
+         "inceptionresnetv2"}
 SPECS = [pytest.param(s, id=s.name, marks=[pytest.mark.slow] if s.name in LARGE else [])
          for s in backbones.BACKBONES.values()]
 _built = {}
@@ -34,9 +35,13 @@ def test_list_backbones_covers_the_families():
                      "resnet152v2", *[f"efficientnetb{i}" for i in range(8)],
                      "efficientnetv2b0", "efficientnetv2b3", "efficientnetv2s",
                      "efficientnetv2m", "efficientnetv2l", "mobilenet", "mobilenetv2",
-                     "mobilenetv3small", "mobilenetv3large"]:
+                     "mobilenetv3small", "mobilenetv3large", "convnexttiny", "convnextsmall",
+                     "convnextbase", "convnextlarge", "convnextxlarge", "xception",
+                     "inceptionv3", "inceptionresnetv2", "densenet121", "densenet169",
+                     "densenet201", "nasnetmobile"]:
         assert expected in names
     assert names == sorted(names)
+    assert len(names) >= 40
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -51,7 +56,12 @@ def test_blocks_are_nonempty_and_in_topological_order(spec):
     backbone = built(spec)
     blocks = backbones.backbone_blocks(backbone, spec.block_patterns)
     assert len(blocks) >= 10, [b.name for b in blocks]
-    assert all(block.layers for block in blocks)
+    assert all(block.layers for block in blocks[1:])
+    # Only Inception's stem layers have generic names (conv2d_3), so they join the first
+    # module; every other family has a stem of its own.
+    inception = spec.block_patterns in (backbones.INCEPTION_V3_BLOCKS,
+                                        backbones.INCEPTION_RESNET_BLOCKS)
+    assert bool(blocks[0].layers) != inception, [l.name for l in blocks[0].layers]
     index = {id(layer): i for i, block in enumerate(blocks) for layer in block.layers}
     assert len(index) == len(backbone.layers) - 1  # every layer but the input, once
     for layer in backbone.layers:
@@ -82,15 +92,20 @@ def test_model_input_range_is_what_the_family_expects(spec):
     model = visiontune.build_classifier(built(spec), 2, weights=None,
                                         preprocessing=spec.preprocessing)
     backbone = visiontune.find_backbone(model)
-    first_conv = next(l for l in backbone.layers if isinstance(l, keras.layers.Conv2D))
+    # The first layer that convolves: a Conv2D, or a nested model holding one (ConvNeXt's
+    # stem is a Sequential of Conv2D and LayerNorm).
+    first_conv = next(l for l in backbone.layers if isinstance(l, keras.layers.Conv2D) or (
+        isinstance(l, keras.Model) and isinstance(l.layers[0], keras.layers.Conv2D)))
     probe = keras.Model(backbone.input, first_conv.input)
     pre = model.get_layer("preprocess") if spec.preprocessing != "builtin" else None
-    x = np.stack([np.zeros((32, 32, 3)), np.full((32, 32, 3), 255.0)]).astype("float32")
+    side = spec.min_size
+    x = np.stack([np.zeros((side, side, 3)), np.full((side, side, 3), 255.0)]).astype("float32")
     seen = keras.ops.convert_to_numpy(probe(pre(x) if pre else x))
     # EfficientNet's built-in Normalization holds ImageNet statistics only once
     # ImageNet weights are loaded; with weights=None it passes [0, 1] through.
     low, high, min_span = {"caffe": (-124, 152, 250), "tf": (-1, 1, 1.99),
-                           "builtin": (-2.2, 2.7, 0.99), "lite": (-1, 1, 1.99)}[spec.preprocessing]
+                           "builtin": (-2.2, 2.7, 0.99), "lite": (-1, 1, 1.99),
+                           "torch": (-2.2, 2.7, 4.5)}[spec.preprocessing]
     assert seen.min() >= low - 1e-3 and seen.max() <= high + 1e-3
     assert seen.max() - seen.min() >= min_span  # black and white stay apart
 
@@ -122,3 +137,20 @@ def test_unknown_layout_falls_back_to_one_block_per_weighted_layer():
     blocks = backbones.backbone_blocks(keras.Model(inputs, x))
     assert [(b.name, [l.name for l in b.layers]) for b in blocks] == [
         ("stem", []), ("a", ["a", "a_act"]), ("b", ["b"])]
+
+
+def test_a_closing_layer_takes_the_unnamed_layers_before_it():
+    """Inception's rule: generic names belong to the module whose concatenation ends them."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    x = keras.layers.Conv2D(4, 3, name="c2")(x)
+    x = keras.layers.ReLU(name="mix0")(x)
+    x = keras.layers.Conv2D(4, 1, name="c3")(x)
+    x = keras.layers.ReLU(name="mix1")(x)
+    blocks = backbones.backbone_blocks(keras.Model(inputs, x), (r"^(?P<end>mix\d)$",))
+    assert [(b.name, [l.name for l in b.layers]) for b in blocks] == [
+        ("stem", []), ("mix0", ["c1", "c2", "mix0"]), ("mix1", ["c3", "mix1"])]
+    # Without the `end` group, unnamed layers join the block before them.
+    blocks = backbones.backbone_blocks(keras.Model(inputs, x), (r"^(mix\d)$",))
+    assert [(b.name, [l.name for l in b.layers]) for b in blocks] == [
+        ("stem", ["c1", "c2"]), ("mix0", ["mix0", "c3"]), ("mix1", ["mix1"])]

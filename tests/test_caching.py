@@ -229,23 +229,29 @@ def test_the_planner_refuses_a_cut_with_trainable_weights_below_it():
 
 
 # One backbone of each family in the registry: residuals, squeeze-excite, depthwise
-# convolutions, hard-swish, Caffe-style and [-1, 1] preprocessing.
+# convolutions, hard-swish, Caffe-style and [-1, 1] preprocessing, LayerNorm (ConvNeXt),
+# Inception's generically named branches, NASNet's cells. Each at its smallest input.
 FAMILIES = ["resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0",
-            "efficientnet_lite0", "mobilenet", "mobilenetv2", "mobilenetv3small"]
+            "efficientnet_lite0", "mobilenet", "mobilenetv2", "mobilenetv3small",
+            "convnexttiny", "xception", "inceptionv3", "inceptionresnetv2", "nasnetmobile"]
+# A NASNet cell reads the two cells before it, so no single tensor separates the top
+# cells from the rest: phase 2 runs uncached, and says why.
+UNCACHEABLE = {"nasnetmobile": "skip connection across the cut"}
 
 
 @pytest.mark.slow
 def test_every_family_trains_the_same_weights_cached_and_uncached():
     assert {visiontune.backbones.get_spec(f).block_patterns for f in FAMILIES} == \
         {spec.block_patterns for spec in visiontune.backbones.BACKBONES.values()}
-    x, y = color_images(8, size=32, seed=1)
-    xv, yv = color_images(4, size=32, seed=2)
     failures = []
     for family in FAMILIES:
+        size = visiontune.backbones.get_spec(family).min_size
+        x, y = color_images(8, size=size, seed=1)
+        xv, yv = color_images(4, size=size, seed=2)
         results = {}
         for cache in ("off", "memory"):
             keras.utils.set_random_seed(0)
-            model = visiontune.build_classifier(family, 3, None, 32, dropout=0.0)
+            model = visiontune.build_classifier(family, 3, None, size, dropout=0.0)
             train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
             val_ds = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(12)
             # Phase 2 only: phase 1's cut (the pooled features) is the same in every family.
@@ -254,7 +260,12 @@ def test_every_family_trains_the_same_weights_cached_and_uncached():
                                            schedule="constant", warmup_epochs=0,
                                            unfreeze_blocks=2, cache=cache, shuffle=False,
                                            verbose=0)
-            assert [p["cache"] for p in history.phases] == [cache], family
+            phase = history.phases[0]
+            if family in UNCACHEABLE and cache == "memory":
+                assert phase["cache"] == "off", family
+                assert UNCACHEABLE[family] in phase["cache_reason"], phase["cache_reason"]
+            else:
+                assert phase["cache"] == cache, (family, phase["cache_reason"])
             results[cache] = (model.get_weights(), history.history["val_loss"])
             keras.backend.clear_session()
         (plain, plain_loss), (cached, cached_loss) = results["off"], results["memory"]

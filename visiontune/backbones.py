@@ -9,6 +9,7 @@ backbone is one entry here and is covered by the existing tests.
 
 import dataclasses
 import difflib
+import inspect
 import re
 from typing import Callable
 
@@ -20,18 +21,38 @@ from visiontune import lite, weights as weights_lib
 # the first capture group of the first pattern that matches its name. Layers
 # that match nothing belong to the block of the layer before them (activations
 # and paddings named `re_lu_3` or `activation_7`), or to the stem when no block
-# has started yet. Unfreezing works on these blocks, never on layer counts.
-RESNET_BLOCKS = (r"^(conv\d_block\d+)_",)
+# has started yet. A group named `end` (`(?P<end>...)`) marks the layer that
+# closes its block: Inception's branches have generic names (`conv2d_57`) and
+# only the concatenation that ends a module is named (`mixed7`), so unnamed
+# layers after a closing layer (and, in such a family, before the first named
+# one) belong to the block of the next named layer instead. Unfreezing works on
+# these blocks, never on layer counts.
+RESNET_BLOCKS = (r"^(conv\d_block\d+)_",)  # Also DenseNet: conv4_block12_1_conv.
 EFFICIENTNET_BLOCKS = (r"^(block\d+[a-z])_", r"^(top)_")
 MOBILENET_BLOCKS = (r"^conv_(?:pad|dw|pw)_(\d+)",)
 MOBILENET_V2_BLOCKS = (r"^(expanded_conv)_", r"^(block_\d+)_", r"^(Conv_1)(?:_|$)")
 MOBILENET_V3_BLOCKS = (r"^(expanded_conv(?:_\d+)?)_", r"^(conv_1)(?:_|$)")
+CONVNEXT_BLOCKS = (r"_(stage_\d+_block_\d+)_", r"_(downsampling_block_\d+)$")
+XCEPTION_BLOCKS = (r"^(block(?:[2-9]|1\d))_",)  # block1 is the stem: two convolutions.
+INCEPTION_V3_BLOCKS = (r"^(?P<end>mixed\d+)$",)
+INCEPTION_RESNET_BLOCKS = (r"^(?P<end>mixed_\w+)$", r"^(?P<end>block\d+_\d+)_ac$",
+                           r"^(block\d+_\d+)_", r"^(conv_7b)")
+# A NASNet cell's layers end in its id (`_stem_1`, `_3`, `_reduce_4`); its `adjust_*`
+# layers, which project the cell before last, are listed inside the previous cell,
+# so they count as unnamed and stay there.
+NASNET_BLOCKS = (
+    r"^(?:separable_conv_\d_(?:pad_|bn_)?)?(?:normal|reduction)_.*?_(stem_\d+|reduce_\d+|\d+)$",)
 FAMILY_BLOCKS = (
     RESNET_BLOCKS,
     EFFICIENTNET_BLOCKS,
     MOBILENET_BLOCKS,
     MOBILENET_V2_BLOCKS,
     MOBILENET_V3_BLOCKS,
+    CONVNEXT_BLOCKS,
+    XCEPTION_BLOCKS,
+    INCEPTION_V3_BLOCKS,
+    INCEPTION_RESNET_BLOCKS,
+    NASNET_BLOCKS,
 )
 
 # How each family expects its input, given raw RGB in [0, 255]. The values are
@@ -45,8 +66,12 @@ PREPROCESSING_MODES = {
     "builtin": "none here: the backbone's own first layers normalise its input",
     # EfficientNet-Lite (TensorFlow's reference preprocessing for it).
     "lite": "(x - 127) / 128",
+    # DenseNet was trained in PyTorch: [0, 1], then the ImageNet mean and std per channel.
+    "torch": "x / 255, then subtract (0.485, 0.456, 0.406) and divide by (0.229, 0.224, 0.225)",
 }
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +138,23 @@ def _entries():
     yield BackboneSpec("mobilenetv3large", apps.MobileNetV3Large, "builtin", 224, 32, 960,
                        MOBILENET_V3_BLOCKS)
 
+    # ConvNeXt normalises its input itself and uses LayerNorm, not BatchNorm.
+    convnexts = [("Tiny", 768), ("Small", 768), ("Base", 1024), ("Large", 1536),
+                 ("XLarge", 2048)]
+    for size, width in convnexts:
+        yield BackboneSpec(f"convnext{size.lower()}", getattr(apps, f"ConvNeXt{size}"),
+                           "builtin", 224, 32, width, CONVNEXT_BLOCKS)
+
+    yield BackboneSpec("xception", apps.Xception, "tf", 299, 71, 2048, XCEPTION_BLOCKS)
+    yield BackboneSpec("inceptionv3", apps.InceptionV3, "tf", 299, 75, 2048,
+                       INCEPTION_V3_BLOCKS)
+    yield BackboneSpec("inceptionresnetv2", apps.InceptionResNetV2, "tf", 299, 75, 1536,
+                       INCEPTION_RESNET_BLOCKS)
+    for depth, width in ((121, 1024), (169, 1664), (201, 1920)):
+        yield BackboneSpec(f"densenet{depth}", getattr(apps, f"DenseNet{depth}"), "torch",
+                           224, 32, width, RESNET_BLOCKS)
+    yield BackboneSpec("nasnetmobile", apps.NASNetMobile, "tf", 224, 32, 1056, NASNET_BLOCKS)
+
 
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _entries()}
 
@@ -146,6 +188,51 @@ def get_spec(name):
     )
 
 
+# Constructor arguments that visiontune sets itself, so a user cannot pass them.
+_MANAGED_ARGS = ("include_top", "weights", "input_tensor", "input_shape", "pooling",
+                 "classes", "classifier_activation", "name")
+
+
+def backbone_arguments(name):
+    """Returns `{argument: default}`: what a user may pass to a backbone's constructor.
+
+    For example `alpha` and `depth_multiplier` for MobileNet, `include_preprocessing`
+    for EfficientNet; the arguments visiontune sets itself (`include_top`,
+    `weights`, `input_shape`, ...) are left out.
+    """
+    spec = get_spec(name)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {key: p.default for key, p in inspect.signature(spec.constructor).parameters.items()
+            if p.kind in kinds and key not in _MANAGED_ARGS}
+
+
+def check_backbone_arguments(name, arguments):
+    """Raises a `ValueError` naming an argument the backbone does not take, or of the
+    wrong type (the type of its default; an int is also a valid float)."""
+    spec = get_spec(name)
+    allowed = backbone_arguments(spec.name)
+    for key, value in arguments.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            raise ValueError(
+                f"Unknown backbone argument {key!r} for {spec.name}."
+                + (f" Did you mean {close[0]!r}?" if close else "")
+                + f" It accepts: {', '.join(allowed) or 'none'}.")
+        default = allowed[key]
+        if default is None or default is inspect.Parameter.empty:
+            continue
+        expected = type(default)
+        ok = (isinstance(value, bool) if expected is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool)
+              if expected is float else
+              isinstance(value, int) and not isinstance(value, bool) if expected is int
+              else isinstance(value, expected))
+        if not ok:
+            raise ValueError(
+                f"Backbone argument {key!r} of {spec.name} must be {expected.__name__} "
+                f"(its default is {default!r}). Received: {value!r} ({type(value).__name__}).")
+
+
 def create_backbone(spec, weights="imagenet", input_size=None, **kwargs):
     """Builds a registered backbone without its ImageNet classifier.
 
@@ -166,6 +253,7 @@ def create_backbone(spec, weights="imagenet", input_size=None, **kwargs):
             f"Expected an input size of at least {spec.min_size} px for {spec.name}. "
             f"Received: input_size={(height, width)}. Pass a larger `input_size`."
         )
+    check_backbone_arguments(spec.name, kwargs)
     weights = weights_lib.resolve(weights)
     with weights_lib.offline_guard(spec.name):
         return spec.constructor(include_top=False, weights=weights,
@@ -192,6 +280,10 @@ def preprocessing_layer(mode, name="preprocess"):
         layer.set_weights([keras.ops.convert_to_numpy(permutation),
                            keras.ops.convert_to_numpy([-m for m in _CAFFE_BGR_MEAN])])
         return layer
+    if mode == "torch":
+        return keras.layers.Normalization(
+            mean=[255.0 * m for m in _TORCH_MEAN],
+            variance=[(255.0 * s) ** 2 for s in _TORCH_STD], name=name)
     if mode == "builtin":
         return None
     raise ValueError(f"Unknown preprocessing mode {mode!r}. Expected one of "
@@ -230,10 +322,8 @@ def backbone_blocks(backbone, block_patterns=None):
     """
     layers = [l for l in backbone.layers if not isinstance(l, keras.layers.InputLayer)]
     patterns = block_patterns or _detect_family(layers)
-    compiled = [re.compile(p) for p in patterns]
     blocks = [Block("stem", [])]
-    for layer in layers:
-        key = _match_block(layer.name, compiled)
+    for layer, key in _assign_blocks(layers, patterns):
         if key is None and not patterns and layer.weights:
             key = layer.name
         if key is not None and key != blocks[-1].name:
@@ -248,19 +338,45 @@ def backbone_blocks(backbone, block_patterns=None):
     return blocks
 
 
+def _assign_blocks(layers, patterns):
+    """Yields `(layer, block name or None)`; None: the block of the layer before it.
+
+    An unnamed layer after a block's closing layer (a pattern's `end` group),
+    or before any named layer when the patterns use `end`, waits for the next
+    named layer and takes its block.
+    """
+    compiled = [re.compile(p) for p in patterns]
+    waiting = any("(?P<end>" in p for p in patterns)
+    pending = []
+    for layer in layers:
+        key, closes = _match_block(layer.name, compiled)
+        if key is None and waiting:
+            pending.append(layer)
+            continue
+        for held in pending:
+            yield held, key
+        pending = []
+        yield layer, key
+        if key is not None:
+            waiting = closes
+    for held in pending:  # Unnamed layers after the last closing layer: its block.
+        yield held, None
+
+
 def _match_block(name, compiled):
+    """Returns `(block name, whether the layer closes its block)`, or `(None, False)`."""
     for pattern in compiled:
         match = pattern.search(name)
         if match:
             key = match.group(1) if pattern.groups else match.group(0)
-            return f"block{key}" if key.isdigit() else key
-    return None
+            key = f"block{key}" if key.isdigit() else key
+            return key, "end" in pattern.groupindex
+    return None, False
 
 
 def _detect_family(layers):
-    def matches(patterns):
-        compiled = [re.compile(p) for p in patterns]
-        return sum(_match_block(l.name, compiled) is not None for l in layers)
+    def matches(patterns):  # Layers the patterns place, directly or by a closing layer.
+        return sum(key is not None for _, key in _assign_blocks(layers, patterns))
 
     best = max(FAMILY_BLOCKS, key=matches)
     return best if matches(best) >= len(layers) // 2 else ()

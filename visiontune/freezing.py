@@ -94,7 +94,9 @@ def set_trainable_blocks(model, n, block_patterns=None, method="unfreeze"):
         block_patterns: Override the registry's block grouping.
         method: What trains in those blocks. `"unfreeze"`: every weight but
             BatchNorm's. `"bn-bias"` (BitFit): only the BatchNorm scales and
-            offsets and the biases, with BatchNorm still in inference mode.
+            offsets and the biases, with BatchNorm still in inference mode
+            (in ConvNeXt, which has no BatchNorm: the LayerNorm scales and
+            offsets and the biases).
             `"lora"`: only the LoRA adapters that `adapters.enable_lora` added.
     """
     if method not in METHODS:
@@ -122,7 +124,8 @@ def set_trainable_blocks(model, n, block_patterns=None, method="unfreeze"):
             else:
                 _release_inference_mode(layer)
         elif method != "unfreeze" and id(layer) in top:
-            keep = ([getattr(layer, "bias", None)] if method == "bn-bias" else
+            keep = ([getattr(layer, "bias", None), *_layer_norm_scale_offset(layer)]
+                    if method == "bn-bias" else
                     [getattr(layer, "lora_kernel_a", None), getattr(layer, "lora_kernel_b", None)])
             frozen = [v for v in layer.trainable_weights if not any(v is k for k in keep)]
             for variable in frozen:
@@ -130,6 +133,14 @@ def set_trainable_blocks(model, n, block_patterns=None, method="unfreeze"):
             _set_untracked(layer, "_visiontune_frozen", tuple(frozen))
     for layer in head_layers(model):
         layer.trainable = True
+
+
+def _layer_norm_scale_offset(layer):
+    """A LayerNormalization's scale and offset (ConvNeXt's normalisation): what bn-bias
+    trains in place of BatchNorm's. LayerNorm has no moving statistics to keep fixed."""
+    if isinstance(layer, keras.layers.LayerNormalization):
+        return [v for v in (layer.gamma, layer.beta) if v is not None]
+    return []
 
 
 def top_block_layers(model, n, block_patterns=None):
