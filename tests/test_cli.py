@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from visiontune import config, finetune, serving, train
+from visiontune import config, finetune, freezing, serving, train
 from conftest import write_image_folder
 
 FAST = ["--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",
@@ -226,3 +226,59 @@ def test_quiet_start_drops_tensorflow_notices_and_keeps_everything_else(capfd):
     assert capfd.readouterr().err.splitlines() == [
         "F0000 00:00:1795504355.4 21900 cpu_feature_guard.cc:1] abort: AVX",
         "ImportError: numpy.core.multiarray failed to import", "after"]
+
+
+def test_backbone_arg_trains_mobilenet_alpha_from_the_keras_cache_offline(tmp_path):
+    """A user with mobilenet_2_5_224_tf_no_top.h5 in KERAS_HOME trains it from the shell."""
+    home = tmp_path / "keras_home"
+    (home / "models").mkdir(parents=True)
+    keras.utils.set_random_seed(3)
+    cached = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None,
+                                          input_shape=(224, 224, 3))
+    cached.save(str(home / "models" / "mobilenet_2_5_224_tf_no_top.h5"))  # Keras's format.
+    data = tmp_path / "data"
+    write_image_folder(str(data), n_per_class=4)
+    (tmp_path / "run.yaml").write_text("backbone: mobilenet\nbackbone_args: {alpha: 1.0}\n")
+    env = {**os.environ, "KERAS_HOME": str(home),
+           # No network: a download attempt would fail, not hang.
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    result = subprocess.run(
+        [sys.executable, "-m", "visiontune.train", "--config", str(tmp_path / "run.yaml"),
+         "--data", str(data), "--backbone-arg", "alpha=0.25", "--head-epochs", "1",
+         "--finetune-epochs", "0", "--batch-size", "6", "--quiet",
+         "--output", str(tmp_path / "run")], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, _, _ = serving.load_run(str(tmp_path / "run"))
+    backbone = freezing.find_backbone(model)
+    assert backbone.output_shape[-1] == 256  # alpha 0.25 (the flag beat the YAML's 1.0)
+    for layer in ("conv1", "conv_pw_13"):  # Frozen in phase 1: still the cached file's.
+        for got, want in zip(backbone.get_layer(layer).get_weights(),
+                             cached.get_layer(layer).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    saved = config.load_yaml(str(tmp_path / "run" / "config.yaml"))
+    assert saved["backbone_args"] == {"alpha": 0.25}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backbone-arg", "alpah=0.5"], "Unknown backbone argument 'alpah' for mobilenet. "
+                                      "Did you mean 'alpha'?"),
+    (["--backbone-arg", "alpha=wide"], "'alpha' of mobilenet must be float"),
+    (["--backbone-arg", "depth_multiplier=1.5"], "'depth_multiplier' of mobilenet must be int"),
+    (["--backbone", "efficientnet_lite0", "--backbone-arg", "alpha=0.5"],
+     "It accepts: none"),
+])
+def test_backbone_arg_errors_name_the_argument(argv, message):
+    with pytest.raises(ValueError, match="--backbone-arg") as error:
+        config.parse_config(["--backbone", "mobilenet", *argv])
+    assert message in str(error.value)
+
+
+def test_backbone_args_from_yaml_and_flags_merge(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("backbone: mobilenet\nbackbone_args: {alpha: 0.5, depth_multiplier: 1}\n")
+    parsed = config.parse_config(["--config", str(path), "--backbone-arg", "alpha=0.25"])
+    assert parsed.backbone_args == {"alpha": 0.25, "depth_multiplier": 1}
+    path.write_text("backbone_args: [alpha]\n")
+    with pytest.raises(ValueError, match="'backbone_args' in .* must be a mapping"):
+        config.parse_config(["--config", str(path)])
+    assert config.parse_config([]).backbone_args == {}

@@ -16,7 +16,8 @@ import typing
 
 import yaml
 
-from visiontune import augment as augment_lib, caching, data as data_lib, distribute, finetune
+from visiontune import augment as augment_lib, backbones, caching, data as data_lib, distribute
+from visiontune import finetune
 from visiontune import quiet_start
 
 # The schedule's defaults are `fine_tune`'s, so the API and the CLI never disagree.
@@ -67,6 +68,10 @@ class TrainConfig:
     # Model
     backbone: str = _field("efficientnet_lite0", "Model", "registered backbone name "
                            "(python -c 'import visiontune; print(visiontune.list_backbones())')")
+    backbone_args: dict = dataclasses.field(default_factory=dict, metadata={
+        "group": "Model", "flag": "--backbone-arg", "metavar": "KEY=VALUE",
+        "help": "an argument of the backbone's constructor, e.g. alpha=0.25 for mobilenet; "
+                "repeat the flag for more (default: none)"})
     weights: typing.Optional[str] = _field(
         "imagenet", "Model", "'imagenet', a weights file path, or 'none' for random weights")
     pooling: str = _field("avg", "Model", "global pooling of the feature map",
@@ -237,6 +242,12 @@ def load_yaml(path):
 def check(config, source=None):
     """Raises a `ValueError` naming the first key whose value is out of range."""
     where = f" in {source}" if source else ""
+    if config.backbone_args:
+        backbones.get_spec(config.backbone)  # An unknown name is its own error.
+        try:
+            backbones.check_backbone_arguments(config.backbone, config.backbone_args)
+        except ValueError as error:
+            raise ValueError(f"Key 'backbone_args'{where} (--backbone-arg): {error}") from None
     for field in dataclasses.fields(TrainConfig):
         value = getattr(config, field.name)
         choices = field.metadata.get("choices")
@@ -256,6 +267,10 @@ def _typed(key, value, hint, path):
     optional = type(None) in typing.get_args(hint)
     if value is None and optional:
         return None
+    if expected is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        return dict(value) if ok else _type_error(
+            key, value, "a mapping of argument names to values, e.g. {alpha: 0.25}", path)
     if expected is _int_tuple:
         ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
                                              for v in value)
@@ -295,6 +310,10 @@ def build_parser(prog="python -m visiontune.train", description=None):
         meta = field.metadata
         flag = "--" + field.name.replace("_", "-")
         group = groups[meta["group"]]
+        if hints[field.name] is dict:
+            group.add_argument(meta["flag"], dest=field.name, action=_KeyValue, default={},
+                               metavar=meta["metavar"], help=meta["help"])
+            continue
         if hints[field.name] is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction,
                                default=field.default, help=meta["help"])
@@ -303,6 +322,26 @@ def build_parser(prog="python -m visiontune.train", description=None):
                            choices=meta.get("choices"), help=meta["help"],
                            metavar=None if meta.get("choices") else field.name.upper())
     return parser
+
+
+class _KeyValue(argparse.Action):
+    """`--backbone-arg alpha=0.25`, repeatable: adds to a dict (over the YAML's values).
+
+    Values are read as YAML scalars, so `0.25` is a float, `3` an int, `true` a bool.
+    """
+
+    def __call__(self, parser, namespace, text, option_string=None):
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"{option_string}: expected KEY=VALUE, e.g. alpha=0.25. "
+                         f"Received: {text!r}")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        pairs = dict(getattr(namespace, self.dest) or {})
+        pairs[key.strip()] = value if isinstance(parsed, (list, dict)) else parsed
+        setattr(namespace, self.dest, pairs)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

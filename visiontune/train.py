@@ -157,7 +157,7 @@ def _train(config, out, cache, callbacks, say, strategy=None):
         model = classifier.build_classifier(
             config.backbone, len(splits.class_names), weights, image_size,
             pooling=config.pooling, dropout=config.dropout, hidden_units=config.hidden_units,
-            l2=config.l2, l1=config.l1)
+            l2=config.l2, l1=config.l1, **config.backbone_args)
     say(freezing.trainable_summary(model))
     if config.method == "linear-probe" and config.finetune_epochs:
         say("Method linear-probe: phase 1 only; the phase 2 settings are not used")
