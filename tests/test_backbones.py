@@ -1,4 +1,6 @@
 import importlib
+import os
+import sys
 
 import keras
 import numpy as np
@@ -154,3 +156,19 @@ def test_a_closing_layer_takes_the_unnamed_layers_before_it():
     blocks = backbones.backbone_blocks(keras.Model(inputs, x), (r"^(mix\d)$",))
     assert [(b.name, [l.name for l in b.layers]) for b in blocks] == [
         ("stem", ["c1", "c2"]), ("mix0", ["mix0", "c3"]), ("mix1", ["mix1"])]
+
+
+def test_readme_backbone_table_is_the_registry():
+    """The README's table is generated (scripts/readme_backbones.py), never typed by hand."""
+    scripts = os.path.join(os.path.dirname(__file__), "..", "scripts")
+    sys.path.insert(0, scripts)
+    try:
+        import readme_backbones
+    finally:
+        sys.path.remove(scripts)
+    with open(readme_backbones.README, encoding="utf-8") as f:
+        text = f.read()
+    assert readme_backbones.with_table(text) == text, (
+        "README.md's backbone table is out of date: run python scripts/readme_backbones.py")
+    for name in visiontune.list_backbones():
+        assert f"| `{name}` |" in text
