@@ -72,7 +72,8 @@ BASELINE_MODULES = ("data.py", "images.py", "pipelines.py", "augment.py", "backb
 # Modules that a training run does not execute (or only for plots, or for a command's
 # log lines): editing them reruns nothing.
 NOT_TRAINING = ("evaluate.py", "predict.py", "export.py", "serving.py", "doctor.py",
-                "lr_find.py", "compare.py", "plots.py", "interpolate.py", "quiet_start.py")
+                "lr_find.py", "compare.py", "plots.py", "interpolate.py", "quiet_start.py",
+                "cli.py")
 
 
 def _semantics(source):

@@ -282,3 +282,25 @@ def test_backbone_args_from_yaml_and_flags_merge(tmp_path):
     with pytest.raises(ValueError, match="'backbone_args' in .* must be a mapping"):
         config.parse_config(["--config", str(path)])
     assert config.parse_config([]).backbone_args == {}
+
+
+def test_visiontune_command_runs_each_module_and_lists_them_all(tmp_path, capsys):
+    from visiontune import cli
+
+    # Every `python -m visiontune.X` entry point is a subcommand.
+    package = os.path.dirname(cli.__file__)
+    entry_points = {name[:-3] for name in os.listdir(package) if name.endswith(".py") and
+                    "def main(" in open(os.path.join(package, name), encoding="utf-8").read()}
+    assert {module.rsplit(".", 1)[1] for module, _ in cli.COMMANDS.values()} == \
+        entry_points - {"cli"}
+    # The console command is installed, and its help names every command.
+    result = subprocess.run(["visiontune", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for name in cli.COMMANDS:
+        assert f"  {name} " in result.stdout
+    # A subcommand is the module's own main, with the same flags and exit codes.
+    assert cli.main(["doctor", "--data", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.startswith("visiontune.doctor: error: Data folder")
+    with pytest.raises(SystemExit):
+        cli.main(["trian"])
+    assert "Did you mean 'train'?" in capsys.readouterr().err
