@@ -33,3 +33,15 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch, tmp_path, flowers):
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": NOTEBOOKS}})
     client.execute()  # Raises CellExecutionError, with the cell and traceback, on failure.
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(NOTEBOOKS, "*.ipynb"))),
+                         ids=os.path.basename)
+def test_notebook_defaults_to_data_a_user_can_get(path):
+    """A user who cloned the repository has no ../shared: the default data must be theirs
+    to get (tf_flowers, or the embedded digits), and only CI points it at flowers-mini."""
+    notebook = nbformat.read(path, as_version=4)
+    text = "\n".join(cell.source for cell in notebook.cells)
+    assert "shared/datasets" not in text
+    parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    assert 'os.environ.get("VISIONTUNE_DATA", "tfds:tf_flowers")' in parameters.source
