@@ -304,3 +304,13 @@ def test_visiontune_command_runs_each_module_and_lists_them_all(tmp_path, capsys
     with pytest.raises(SystemExit):
         cli.main(["trian"])
     assert "Did you mean 'train'?" in capsys.readouterr().err
+
+
+def test_verbose_may_be_abbreviated_as_argparse_allows():
+    from visiontune import quiet_start
+
+    assert quiet_start.asks_for_verbose(["--data", "x", "--verb"])
+    assert quiet_start.asks_for_verbose(["--verbose"])
+    assert not quiet_start.asks_for_verbose(["--v", "--val-data", "x", "--verbosity"])
+    parser = config.build_parser()
+    assert parser.parse_args(["--verb"]).verbose  # What argparse itself accepts.

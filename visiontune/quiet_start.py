@@ -37,9 +37,15 @@ def is_command_line():
     return argv[0] == "-m" or os.path.basename(argv[0]).startswith("visiontune")
 
 
+def asks_for_verbose(argv):
+    """Whether `argv` has `--verbose`, or a prefix of it that argparse would take for it
+    (`--verb`; `--ve` at least, since `--v` could also be `--val-data`)."""
+    return any(len(arg) >= 4 and VERBOSE_FLAG.startswith(arg) for arg in argv)
+
+
 def import_tensorflow():
     """Imports TensorFlow; for a command without `--verbose`, without its notices."""
-    if not is_command_line() or VERBOSE_FLAG in sys.argv[1:]:
+    if not is_command_line() or asks_for_verbose(sys.argv[1:]):
         import tensorflow
         return tensorflow
     with native_notices_hidden():
