@@ -210,11 +210,19 @@ def variant_config(source, seed, flags, args):
     return config_lib.parse_config(argv)
 
 
+# Settings added after rows were stored, with the value that means "as before": left out
+# of the key at that value, so the stored rows still match (a new option is not a new run).
+_ADDED_SETTINGS = {"backbone_args": {}}
+
+
 def settings_of(config):
     """The resolved settings that decide a result (not where it is written, nor the seed)."""
     saved = config_lib.yaml.safe_load(config_lib.saved_yaml(config))
     for key in ("data", "output", "overwrite", "resume", "quiet", "seed"):
         saved.pop(key, None)
+    for key, neutral in _ADDED_SETTINGS.items():
+        if saved.get(key) == neutral:
+            del saved[key]
     return saved
 
 

@@ -218,3 +218,17 @@ def test_results_are_carried_over_a_refactor_only_when_fresh_rows_equal_them(mon
     # ... nor a verified method without fresh rows.
     with pytest.raises(SystemExit, match="no fresh probe rows"):
         carry.carry_over(stored, fresh, {"probe": "p-old"}, {}, versions)
+
+
+def test_suite_keys_leave_out_a_new_setting_at_its_neutral_value(monkeypatch):
+    """Adding --backbone-arg must not orphan the stored rows; using it must be a new key."""
+    monkeypatch.syspath_prepend(SCRIPTS)
+    import transfer_suite
+
+    args = transfer_suite.parse_args(["--backbone", "mobilenet"])
+    plain = transfer_suite.settings_of(transfer_suite.variant_config("builtin:digits", 0, "",
+                                                                     args))
+    assert "backbone_args" not in plain and plain["backbone"] == "mobilenet"
+    narrow = transfer_suite.settings_of(transfer_suite.variant_config(
+        "builtin:digits", 0, "--backbone-arg alpha=0.5", args))
+    assert narrow == {**plain, "backbone_args": {"alpha": 0.5}}
