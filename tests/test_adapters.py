@@ -132,6 +132,14 @@ def test_bn_bias_on_convnext_trains_layer_norm_scales_offsets_and_biases():
     assert {p.rsplit("/", 1)[1] for p in final} == {"gamma", "beta"}, got
     assert got - final == expected
     assert not any("layer_scale" in p or "kernel" in p for p in got)
+    # Four blocks reach the downsampling block, a nested Sequential: its own LayerNorm and
+    # convolution bias train too, and its kernel does not.
+    freezing.set_trainable_blocks(model, 4, method="bn-bias")
+    down = "convnext_tiny_downsampling_block_2/convnext_tiny_downsampling_"
+    got = {v.path for v in backbone.trainable_variables}
+    assert {f"{down}layernorm_2/gamma", f"{down}layernorm_2/beta", f"{down}conv_2/bias"} <= got
+    assert f"{down}conv_2/kernel" not in got
+    assert not any("kernel" in p or "stage_2" in p for p in got), got
 
 
 def test_linear_probe_trains_only_the_head_on_cached_features():

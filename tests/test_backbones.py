@@ -149,13 +149,14 @@ def test_a_closing_layer_takes_the_unnamed_layers_before_it():
     x = keras.layers.ReLU(name="mix0")(x)
     x = keras.layers.Conv2D(4, 1, name="c3")(x)
     x = keras.layers.ReLU(name="mix1")(x)
+    x = keras.layers.Conv2D(4, 1, name="c4")(x)  # After the last closing layer: its block.
     blocks = backbones.backbone_blocks(keras.Model(inputs, x), (r"^(?P<end>mix\d)$",))
     assert [(b.name, [l.name for l in b.layers]) for b in blocks] == [
-        ("stem", []), ("mix0", ["c1", "c2", "mix0"]), ("mix1", ["c3", "mix1"])]
+        ("stem", []), ("mix0", ["c1", "c2", "mix0"]), ("mix1", ["c3", "mix1", "c4"])]
     # Without the `end` group, unnamed layers join the block before them.
     blocks = backbones.backbone_blocks(keras.Model(inputs, x), (r"^(mix\d)$",))
     assert [(b.name, [l.name for l in b.layers]) for b in blocks] == [
-        ("stem", ["c1", "c2"]), ("mix0", ["mix0", "c3"]), ("mix1", ["mix1"])]
+        ("stem", ["c1", "c2"]), ("mix0", ["mix0", "c3"]), ("mix1", ["mix1", "c4"])]
 
 
 def test_readme_backbone_table_is_the_registry():

@@ -233,7 +233,8 @@ def test_the_planner_refuses_a_cut_with_trainable_weights_below_it():
 # Inception's generically named branches, NASNet's cells. Each at its smallest input.
 FAMILIES = ["resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0",
             "efficientnet_lite0", "mobilenet", "mobilenetv2", "mobilenetv3small",
-            "convnexttiny", "xception", "inceptionv3", "inceptionresnetv2", "nasnetmobile"]
+            "convnexttiny", "xception", "inceptionv3", "inceptionresnetv2", "nasnetmobile",
+            "densenet121"]
 # A NASNet cell reads the two cells before it, so no single tensor separates the top
 # cells from the rest: phase 2 runs uncached, and says why.
 UNCACHEABLE = {"nasnetmobile": "skip connection across the cut"}
@@ -241,8 +242,10 @@ UNCACHEABLE = {"nasnetmobile": "skip connection across the cut"}
 
 @pytest.mark.slow
 def test_every_family_trains_the_same_weights_cached_and_uncached():
-    assert {visiontune.backbones.get_spec(f).block_patterns for f in FAMILIES} == \
-        {spec.block_patterns for spec in visiontune.backbones.BACKBONES.values()}
+    # Every grouping and every input normalisation (the fixed part below the cache).
+    kinds = lambda spec: (spec.block_patterns, spec.preprocessing)  # noqa: E731
+    assert {kinds(visiontune.backbones.get_spec(f)) for f in FAMILIES} == \
+        {kinds(spec) for spec in visiontune.backbones.BACKBONES.values()}
     failures = []
     for family in FAMILIES:
         size = visiontune.backbones.get_spec(family).min_size

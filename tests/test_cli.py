@@ -263,12 +263,16 @@ def test_backbone_arg_trains_mobilenet_alpha_from_the_keras_cache_offline(tmp_pa
     (["--backbone-arg", "alpah=0.5"], "Unknown backbone argument 'alpah' for mobilenet. "
                                       "Did you mean 'alpha'?"),
     (["--backbone-arg", "alpha=wide"], "'alpha' of mobilenet must be float"),
+    (["--backbone-arg", "alpha=true"], "'alpha' of mobilenet must be float"),
+    (["--backbone", "convnexttiny", "--backbone-arg", "include_preprocessing=false"],
+     "Unknown backbone argument 'include_preprocessing' for convnexttiny"),
+    (["--backbone", "resnet5", "--backbone-arg", "alpha=0.5"], "Unknown backbone 'resnet5'"),
     (["--backbone-arg", "depth_multiplier=1.5"], "'depth_multiplier' of mobilenet must be int"),
     (["--backbone", "efficientnet_lite0", "--backbone-arg", "alpha=0.5"],
      "It accepts: none"),
 ])
 def test_backbone_arg_errors_name_the_argument(argv, message):
-    with pytest.raises(ValueError, match="--backbone-arg") as error:
+    with pytest.raises(ValueError, match="--backbone") as error:
         config.parse_config(["--backbone", "mobilenet", *argv])
     assert message in str(error.value)
 
@@ -282,6 +286,19 @@ def test_backbone_args_from_yaml_and_flags_merge(tmp_path):
     with pytest.raises(ValueError, match="'backbone_args' in .* must be a mapping"):
         config.parse_config(["--config", str(path)])
     assert config.parse_config([]).backbone_args == {}
+    # An int for a float argument is that float: one setting, one suite key, one resume.
+    assert config.parse_config(["--backbone", "mobilenet", "--backbone-arg", "alpha=1",
+                                "--backbone-arg", "dropout=1e-3"]).backbone_args == \
+        {"alpha": 1.0, "dropout": 0.001}
+
+
+def test_resume_notices_backbone_args_a_run_saved_before_they_existed(tmp_path):
+    saved = tmp_path / "config.yaml"
+    saved.write_text("backbone: mobilenet\n")  # No backbone_args key: an older run.
+    config.check_resumable(config.parse_config(["--backbone", "mobilenet"]), str(saved))
+    with pytest.raises(ValueError, match=r"backbone_args \(\{\} -> \{'alpha': 0.5\}\)"):
+        config.check_resumable(config.parse_config(
+            ["--backbone", "mobilenet", "--backbone-arg", "alpha=0.5"]), str(saved))
 
 
 def test_visiontune_command_runs_each_module_and_lists_them_all(tmp_path, capsys):
@@ -314,3 +331,17 @@ def test_verbose_may_be_abbreviated_as_argparse_allows():
     assert not quiet_start.asks_for_verbose(["--v", "--val-data", "x", "--verbosity"])
     parser = config.build_parser()
     assert parser.parse_args(["--verb"]).verbose  # What argparse itself accepts.
+
+
+def test_import_tensorflow_shows_the_notices_for_an_abbreviated_verbose(monkeypatch):
+    from visiontune import quiet_start
+
+    def hidden():
+        raise AssertionError("the notices were hidden despite --verb")
+
+    monkeypatch.setattr(quiet_start, "native_notices_hidden", hidden)
+    monkeypatch.setattr(sys, "argv", ["visiontune", "train", "--verb"])
+    assert quiet_start.import_tensorflow().__name__ == "tensorflow"
+    monkeypatch.setattr(sys, "argv", ["visiontune", "train"])
+    with pytest.raises(AssertionError, match="hidden"):
+        quiet_start.import_tensorflow()

@@ -189,14 +189,16 @@ def get_spec(name):
 
 
 # Constructor arguments that visiontune sets itself, so a user cannot pass them.
+# `include_preprocessing` too: the registry records where each family normalises its
+# input, and switching a network's own normalisation off would feed it raw pixels.
 _MANAGED_ARGS = ("include_top", "weights", "input_tensor", "input_shape", "pooling",
-                 "classes", "classifier_activation", "name")
+                 "classes", "classifier_activation", "name", "include_preprocessing")
 
 
 def backbone_arguments(name):
     """Returns `{argument: default}`: what a user may pass to a backbone's constructor.
 
-    For example `alpha` and `depth_multiplier` for MobileNet, `include_preprocessing`
+    For example `alpha` and `depth_multiplier` for MobileNet, `drop_connect_rate`
     for EfficientNet; the arguments visiontune sets itself (`include_top`,
     `weights`, `input_shape`, ...) are left out.
     """
@@ -207,10 +209,15 @@ def backbone_arguments(name):
 
 
 def check_backbone_arguments(name, arguments):
-    """Raises a `ValueError` naming an argument the backbone does not take, or of the
-    wrong type (the type of its default; an int is also a valid float)."""
+    """Returns `arguments` checked against the backbone's constructor, ints given for
+    float arguments as floats (so `alpha=1` and `alpha=1.0` are one setting).
+
+    Raises a `ValueError` naming an argument the backbone does not take, or of
+    the wrong type (the type of its default; an int is also a valid float).
+    """
     spec = get_spec(name)
     allowed = backbone_arguments(spec.name)
+    checked = {}
     for key, value in arguments.items():
         if key not in allowed:
             close = difflib.get_close_matches(str(key), list(allowed), n=1)
@@ -220,6 +227,7 @@ def check_backbone_arguments(name, arguments):
                 + f" It accepts: {', '.join(allowed) or 'none'}.")
         default = allowed[key]
         if default is None or default is inspect.Parameter.empty:
+            checked[key] = value
             continue
         expected = type(default)
         ok = (isinstance(value, bool) if expected is bool else
@@ -231,6 +239,8 @@ def check_backbone_arguments(name, arguments):
             raise ValueError(
                 f"Backbone argument {key!r} of {spec.name} must be {expected.__name__} "
                 f"(its default is {default!r}). Received: {value!r} ({type(value).__name__}).")
+        checked[key] = float(value) if expected is float else value
+    return checked
 
 
 def create_backbone(spec, weights="imagenet", input_size=None, **kwargs):
@@ -253,7 +263,7 @@ def create_backbone(spec, weights="imagenet", input_size=None, **kwargs):
             f"Expected an input size of at least {spec.min_size} px for {spec.name}. "
             f"Received: input_size={(height, width)}. Pass a larger `input_size`."
         )
-    check_backbone_arguments(spec.name, kwargs)
+    kwargs = check_backbone_arguments(spec.name, kwargs)
     weights = weights_lib.resolve(weights)
     with weights_lib.offline_guard(spec.name):
         return spec.constructor(include_top=False, weights=weights,

@@ -206,6 +206,10 @@ _RESUMABLE_CHANGES = {"output", "overwrite", "resume", "quiet"}
 def check_resumable(config, saved_path):
     """Raises a `ValueError` naming the settings that differ from the run being resumed."""
     saved = load_yaml(saved_path)
+    # A setting the saved file predates counts at its default (`backbone_args`: none).
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                         else f.default) for f in dataclasses.fields(TrainConfig)}
+    saved = {**defaults, **saved}
     changed = [key for key, value in saved.items()
                if key not in _RESUMABLE_CHANGES and getattr(config, key) != value]
     if changed:
@@ -243,9 +247,14 @@ def check(config, source=None):
     """Raises a `ValueError` naming the first key whose value is out of range."""
     where = f" in {source}" if source else ""
     if config.backbone_args:
-        backbones.get_spec(config.backbone)  # An unknown name is its own error.
         try:
-            backbones.check_backbone_arguments(config.backbone, config.backbone_args)
+            backbones.get_spec(config.backbone)
+        except ValueError as error:
+            raise ValueError(f"Key 'backbone'{where} (--backbone): {error}") from None
+        try:
+            # Also stores ints given for float arguments as floats: one setting, one key.
+            config.backbone_args = backbones.check_backbone_arguments(config.backbone,
+                                                                      config.backbone_args)
         except ValueError as error:
             raise ValueError(f"Key 'backbone_args'{where} (--backbone-arg): {error}") from None
     for field in dataclasses.fields(TrainConfig):
@@ -339,6 +348,11 @@ class _KeyValue(argparse.Action):
             parsed = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:
             parsed = value
+        if isinstance(parsed, str):
+            try:
+                parsed = float(parsed)  # YAML 1.1 reads 1e-3 (no dot) as a string.
+            except ValueError:
+                pass
         pairs = dict(getattr(namespace, self.dest) or {})
         pairs[key.strip()] = value if isinstance(parsed, (list, dict)) else parsed
         setattr(namespace, self.dest, pairs)

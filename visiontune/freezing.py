@@ -123,7 +123,9 @@ def set_trainable_blocks(model, n, block_patterns=None, method="unfreeze"):
                 _keep_in_inference_mode(layer)
             else:
                 _release_inference_mode(layer)
-        elif method != "unfreeze" and id(layer) in top:
+        elif method != "unfreeze" and id(layer) in top and not getattr(layer, "layers", None):
+            # Leaves only: a nested model's weights are its layers' (ConvNeXt's downsampling
+            # blocks are Sequentials), which `top` also holds.
             keep = ([getattr(layer, "bias", None), *_layer_norm_scale_offset(layer)]
                     if method == "bn-bias" else
                     [getattr(layer, "lora_kernel_a", None), getattr(layer, "lora_kernel_b", None)])
@@ -144,9 +146,11 @@ def _layer_norm_scale_offset(layer):
 
 
 def top_block_layers(model, n, block_patterns=None):
-    """Returns the layers of the top `n` backbone blocks."""
+    """Returns the layers of the top `n` backbone blocks, each nested model followed by
+    the layers inside it (ConvNeXt's downsampling blocks are Sequentials)."""
     blocks = _blocks(find_backbone(model), block_patterns)
-    return [layer for block in blocks[len(blocks) - n:] for layer in block.layers]
+    return [each for block in blocks[len(blocks) - n:] for layer in block.layers
+            for each in (layer, *all_layers(layer))]
 
 
 def _keep_in_inference_mode(layer):
