@@ -6,7 +6,7 @@ suite's rows, so the same model), keeps the run directory, and scores
 variants of the finished run that need no retraining, on the suite's
 validation images:
 
-- `final`: the run's own model (its accuracy must equal the run's `metrics.json`);
+- `final`: the run's own model (the suite's default row: compare the two tables);
 - `flip`: each image's probabilities averaged with its horizontal mirror's;
 - `wise50`: WiSE-FT, the weights halfway between after phase 1 and the end
   (`visiontune.interpolate`), and `wise50+flip`;
@@ -19,7 +19,7 @@ run's validation images to decide anything for that run.
 
     python scripts/posthoc_variants.py --seeds 3 --runs /tmp/visiontune-posthoc
 
-Trained runs stay in `--runs` and are reused; scores are stored in `--results`,
+Trained runs stay in `--runs/<code version>/` and are reused; scores are stored in `--results`,
 keyed by dataset, seed and code version.
 """
 
@@ -106,7 +106,8 @@ def main(argv=None):
             if row is None:
                 began = time.perf_counter()
                 keras.backend.clear_session()
-                run_dir = trained_run(config, os.path.join(args.runs, f"{name}-{seed}"))
+                # Runs are kept per code version: a run trained by older code is not reused.
+                run_dir = trained_run(config, os.path.join(args.runs, version, f"{name}-{seed}"))
                 row = score(run_dir, config)
                 row["seconds"] = time.perf_counter() - began
                 results.put(key, row)

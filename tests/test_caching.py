@@ -240,12 +240,15 @@ FAMILIES = ["resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0",
 UNCACHEABLE = {"nasnetmobile": "skip connection across the cut"}
 
 
+def _kind(spec):
+    return spec.block_patterns, spec.preprocessing
+
+
 @pytest.mark.slow
 def test_every_family_trains_the_same_weights_cached_and_uncached():
     # Every grouping and every input normalisation (the fixed part below the cache).
-    kinds = lambda spec: (spec.block_patterns, spec.preprocessing)  # noqa: E731
-    assert {kinds(visiontune.backbones.get_spec(f)) for f in FAMILIES} == \
-        {kinds(spec) for spec in visiontune.backbones.BACKBONES.values()}
+    assert {_kind(visiontune.backbones.get_spec(f)) for f in FAMILIES} == \
+        {_kind(spec) for spec in visiontune.backbones.BACKBONES.values()}
     failures = []
     for family in FAMILIES:
         size = visiontune.backbones.get_spec(family).min_size
