@@ -35,7 +35,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import visiontune  # noqa: E402
-from visiontune import backbones, data  # noqa: E402
+from visiontune.backbones import registry as backbones  # noqa: E402
+from visiontune.backbones.blocks import backbone_blocks  # noqa: E402
+from visiontune.common import checks  # noqa: E402
+from visiontune.data import sources as data
 
 
 class PeakMemory:
@@ -119,7 +122,7 @@ def baseline(args, splits, size):
     head_epochs = list(timer.seconds)
 
     # Unfreeze the top blocks by layer name, keeping BatchNormalization frozen.
-    top = {layer.name for block in backbones.backbone_blocks(base_model)[-args.unfreeze_blocks:]
+    top = {layer.name for block in backbone_blocks(base_model)[-args.unfreeze_blocks:]
            for layer in block.layers}
     base_model.trainable = True
     for layer in base_model.layers:
@@ -202,7 +205,7 @@ def main():
     args = parser.parse_args()
 
     spec = backbones.get_spec(args.backbone)
-    size = backbones.normalize_size(args.image_size or spec.default_size)
+    size = checks.normalize_size(args.image_size or spec.default_size)
     splits = data.load_data(args.data, size, batch_size=args.batch_size, seed=args.seed,
                             verbose=False)
     n_train = len(splits.train_files.paths)

@@ -23,7 +23,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import visiontune  # noqa: E402
-from visiontune import augment, backbones, data, pipelines  # noqa: E402
+from visiontune.data import augment, sources as data, pipeline as pipelines  # noqa: E402
+from visiontune.backbones import registry as backbones
 
 
 def images_per_second(make_iterable, count, repeats):

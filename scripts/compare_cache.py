@@ -23,8 +23,8 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from visiontune import train  # noqa: E402
-from visiontune.config import TrainConfig  # noqa: E402
+from visiontune.runs import run as train  # noqa: E402
+from visiontune.runs.config import TrainConfig  # noqa: E402
 
 SETTINGS = {
     "no augmentation, cache auto (default)": dict(augment="none", cache="auto"),

@@ -2,7 +2,7 @@
 
 Trains phase 1 once on EfficientNet-Lite0 (ImageNet weights), then runs
 two-phase, gradual unfreezing, bn-bias (BitFit) and LoRA from the same warm
-head over the same top blocks (`visiontune.compare.compare_methods`), and
+head over the same top blocks (`visiontune.compare_methods`), and
 prints one table; phase 1 alone is the linear probe. It then sweeps the
 WiSE-FT alpha between the warm head and the two-phase model, on the
 validation images and on a corrupted copy of them (blur, noise, contrast,
@@ -25,8 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 import visiontune  # noqa: E402
-from visiontune import compare, data  # noqa: E402
-from visiontune.interpolate import score_alphas  # noqa: E402
+from visiontune.training import compare  # noqa: E402
+from visiontune.data import sources as data
+from visiontune.evaluation.interpolate import score_alphas  # noqa: E402
 
 
 def main():

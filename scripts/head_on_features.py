@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import linear_probe  # noqa: E402
-from visiontune import data  # noqa: E402
+from visiontune.data import sources as data  # noqa: E402
 
 
 def head_accuracy(features, epochs, label_smoothing, seed):

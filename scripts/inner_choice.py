@@ -31,7 +31,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import transfer_suite as suite  # noqa: E402
-from visiontune import classifier, data, finetune  # noqa: E402
+from visiontune.model import classifier  # noqa: E402
+from visiontune.data import sources as data
+from visiontune.training import recipe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "inner_choice.json")
@@ -61,7 +63,7 @@ def trial(source, seed, config):
         config.backbone, len(splits.class_names), config.weights, config.image_size,
         pooling=config.pooling, dropout=config.dropout, hidden_units=config.hidden_units,
         l2=config.l2, l1=config.l1)
-    history = finetune.fine_tune(
+    history = recipe.fine_tune(
         model, inner.train, inner.val, head_epochs=config.head_epochs,
         head_lr=config.head_lr, finetune_epochs=config.finetune_epochs,
         unfreeze_blocks=config.unfreeze_blocks, cache=config.cache, seed=seed, verbose=0)

@@ -23,7 +23,8 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 import visiontune  # noqa: E402
-from visiontune import backbones, data  # noqa: E402
+from visiontune.backbones import registry as backbones  # noqa: E402
+from visiontune.data import sources as data
 
 C_GRID = np.logspace(-4, 2, 13)
 

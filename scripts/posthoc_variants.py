@@ -40,7 +40,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import transfer_suite as suite  # noqa: E402
-from visiontune import data, evaluation, serving, train  # noqa: E402
+from visiontune.data import sources as data  # noqa: E402
+from visiontune.evaluation import metrics as evaluation
+from visiontune.export import serving
+from visiontune.runs import run as train
 
 # The module, not the function `visiontune.interpolate` that the package exports.
 interpolate = importlib.import_module("visiontune.interpolate")

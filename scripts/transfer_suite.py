@@ -47,7 +47,10 @@ import numpy as np  # noqa: E402
 
 import linear_probe  # noqa: E402  (scripts/ is on sys.path when this file runs)
 import visiontune  # noqa: E402
-from visiontune import backbones, config as config_lib, data, rundir, train  # noqa: E402
+from visiontune.backbones import registry as backbones  # noqa: E402
+from visiontune.common import atomic
+from visiontune.runs import config as config_lib, flags as flags_lib, run as train
+from visiontune.data import sources as data
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "..", "shared", "datasets")
@@ -66,14 +69,20 @@ def source_of(name, shared):
     return os.path.abspath(path)
 
 
-# What the baselines run of visiontune: loading the data and building the backbone.
-BASELINE_MODULES = ("data.py", "images.py", "pipelines.py", "augment.py", "backbones.py",
-                    "lite.py", "weights.py", "torch_pickle.py", "keras_private.py")
+# What the baselines run of visiontune: loading the data and building the backbone. Paths
+# relative to the package; a folder stands for everything in it.
+BASELINE_MODULES = ("data", "backbones", "common")
 # Modules that a training run does not execute (or only for plots, or for a command's
 # log lines): editing them reruns nothing.
-NOT_TRAINING = ("evaluate.py", "predict.py", "export.py", "serving.py", "doctor.py",
-                "lr_find.py", "compare.py", "plots.py", "interpolate.py", "quiet_start.py",
-                "cli.py")
+NOT_TRAINING = ("cli", "export/serving.py", "export/parity.py", "export/__main__.py",
+                "data/doctor.py", "training/lr_find.py", "training/compare.py",
+                "evaluation/plots.py", "evaluation/interpolate.py", "common/quiet_start.py",
+                "train.py", "predict.py", "evaluate.py", "doctor.py", "lr_find.py",
+                "interpolate.py")
+
+
+def _within(relative_path, names):
+    return any(relative_path == n or relative_path.startswith(n + "/") for n in names)
 
 
 def _semantics(source):
@@ -103,11 +112,12 @@ def code_version(*sources, modules=None):
     package = os.path.dirname(visiontune.__file__)
     for root, _, files in sorted(os.walk(package)):
         for name in sorted(f for f in files if f.endswith(".py")):
-            wanted = (name not in NOT_TRAINING if modules is None
-                      else root == package and name in modules)
+            relative = os.path.relpath(os.path.join(root, name), package).replace(os.sep, "/")
+            wanted = (not _within(relative, NOT_TRAINING) if modules is None
+                      else _within(relative, modules))
             if wanted:
                 with open(os.path.join(root, name), encoding="utf-8") as f:
-                    digest.update(os.path.relpath(os.path.join(root, name), package).encode())
+                    digest.update(relative.encode())
                     digest.update(_semantics(f.read()).encode())
     for source in sources:
         digest.update(_semantics(inspect.getsource(source)).encode())
@@ -134,7 +144,7 @@ class Results:
     def put(self, key, row):
         self.rows[key] = row
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        rundir.write_json(self.path, self.rows)  # Atomic: a killed suite keeps every row.
+        atomic.write_json(self.path, self.rows)  # Atomic: a killed suite keeps every row.
 
 
 # ------------------------------------------------------------------ the three kinds of run
@@ -207,7 +217,7 @@ def variant_config(source, seed, flags, args):
     argv = ["--data", source, "--seed", str(seed), "--backbone", args.backbone,
             "--weights", str(args.weights), "--image-size", str(args.image_size),
             *shlex.split(args.common), *shlex.split(flags), "--quiet"]
-    return config_lib.parse_config(argv)
+    return flags_lib.parse_config(argv)
 
 
 # Settings added after rows were stored, with the value that means "as before": left out

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 import visiontune
-from visiontune import adapters, compare, config, export, freezing, plots, rundir, serving, train
+from visiontune.tuning import adapters, freezing
+from visiontune.training import compare
+from visiontune.export import saving
+from visiontune.cli import train
+from visiontune.runs import flags
+from visiontune.evaluation import plots
+from visiontune.export import parity, serving
 from conftest import color_images, tiny_backbone, write_image_folder
 from test_cli import FAST
 from test_resume import Epochs, Interrupt, fit_1_plus_3
@@ -59,7 +65,7 @@ def test_lora_trains_only_adapters_and_head_and_merges_to_a_plain_model(tmp_path
     np.testing.assert_allclose(plain.predict(x, verbose=0), expected, atol=1e-5)
     # Saving merges too; plain Keras (no visiontune import) loads the same predictions.
     path = str(tmp_path / "model.keras")
-    rundir.save_model(model, path)
+    saving.save_model(model, path)
     np.save(tmp_path / "x.npy", x)
     code = ("import sys, keras, numpy as np; m = keras.saving.load_model(sys.argv[1]); "
             "assert 'lora' not in str(m.get_config()); "
@@ -170,12 +176,12 @@ def test_cli_lora_run_saves_plain_models(tmp_path):
 
 
 def test_method_flags_are_checked():
-    parsed = config.parse_config(["--method", "bn-bias"])
+    parsed = flags.parse_config(["--method", "bn-bias"])
     assert parsed.method == "bn-bias" and parsed.finetune_lr is None
     with pytest.raises(SystemExit):
-        config.parse_config(["--method", "adapters"])
+        flags.parse_config(["--method", "adapters"])
     with pytest.raises(ValueError, match="lora_rank"):
-        config.parse_config(["--lora-rank", "0"])
+        flags.parse_config(["--lora-rank", "0"])
 
 
 def test_lora_export_is_merged_and_matches_the_adapted_model(tmp_path):
@@ -184,7 +190,7 @@ def test_lora_export_is_merged_and_matches_the_adapted_model(tmp_path):
     visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=2, finetune_lr=1e-2,
                          unfreeze_blocks=2, method="lora", lora_rank=2, verbose=0)
     path = serving.export(model, str(tmp_path / "exported"))
-    assert export.parity(model, path, "savedmodel", x.astype(np.uint8)) < 1e-5
+    assert parity.parity(model, path, "savedmodel", x.astype(np.uint8)) < 1e-5
 
 
 @pytest.mark.slow  # trains three times or more
@@ -266,10 +272,10 @@ def test_the_inference_mode_wrapper_goes_when_batchnorm_is_frozen_again():
 
 
 def test_lora_variables_are_the_adapters_and_leave_the_resume_fingerprint_alone():
-    from visiontune import finetune
+    from visiontune.training import recipe
 
     model = classifier()
-    before = finetune._resume_settings(model, [])["model"]
+    before = recipe._resume_settings(model, [])["model"]
     report = adapters.enable_lora(model, 2, rank=2)
     found = adapters.lora_variables(model)
     assert len(found) == 2 * len(report.adapted) > 0
@@ -277,5 +283,5 @@ def test_lora_variables_are_the_adapters_and_leave_the_resume_fingerprint_alone(
         sorted(["lora_kernel_a", "lora_kernel_b"] * len(report.adapted))
     assert len({id(v) for v in found}) == len(found)
     # A model that gained adapters (a resumed LoRA phase) is the same architecture.
-    assert finetune._resume_settings(model, [])["model"] == before
+    assert recipe._resume_settings(model, [])["model"] == before
     assert adapters.lora_variables(classifier(1)) == []

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import visiontune
-from visiontune import backbones
+from visiontune.backbones import registry as backbones
+from visiontune.backbones.blocks import backbone_blocks
 
 LARGE = {"efficientnetb5", "efficientnetb6", "efficientnetb7", "efficientnetv2s",
          "efficientnetv2m", "efficientnetv2l", "resnet152", "resnet152v2", "resnet101",
@@ -56,7 +57,7 @@ def test_entry_builds_with_its_feature_width(spec):
 @pytest.mark.parametrize("spec", SPECS)
 def test_blocks_are_nonempty_and_in_topological_order(spec):
     backbone = built(spec)
-    blocks = backbones.backbone_blocks(backbone, spec.block_patterns)
+    blocks = backbone_blocks(backbone, spec.block_patterns)
     assert len(blocks) >= 10, [b.name for b in blocks]
     assert all(block.layers for block in blocks[1:])
     # Only Inception's stem layers have generic names (conv2d_3), so they join the first
@@ -73,7 +74,7 @@ def test_blocks_are_nonempty_and_in_topological_order(spec):
     # Every block but the stem holds weights that can be unfrozen.
     assert all(block.layers and any(l.weights for l in block.layers) for block in blocks[1:])
     # Detection without the spec finds the same grouping (reloaded models rely on it).
-    detected = backbones.backbone_blocks(backbone)
+    detected = backbone_blocks(backbone)
     assert [b.name for b in detected] == [b.name for b in blocks]
 
 
@@ -136,7 +137,7 @@ def test_unknown_layout_falls_back_to_one_block_per_weighted_layer():
     x = keras.layers.Conv2D(4, 3, name="a")(inputs)
     x = keras.layers.ReLU(name="a_act")(x)
     x = keras.layers.Conv2D(4, 3, name="b")(x)
-    blocks = backbones.backbone_blocks(keras.Model(inputs, x))
+    blocks = backbone_blocks(keras.Model(inputs, x))
     assert [(b.name, [l.name for l in b.layers]) for b in blocks] == [
         ("stem", []), ("a", ["a", "a_act"]), ("b", ["b"])]
 
@@ -150,11 +151,11 @@ def test_a_closing_layer_takes_the_unnamed_layers_before_it():
     x = keras.layers.Conv2D(4, 1, name="c3")(x)
     x = keras.layers.ReLU(name="mix1")(x)
     x = keras.layers.Conv2D(4, 1, name="c4")(x)  # After the last closing layer: its block.
-    blocks = backbones.backbone_blocks(keras.Model(inputs, x), (r"^(?P<end>mix\d)$",))
+    blocks = backbone_blocks(keras.Model(inputs, x), (r"^(?P<end>mix\d)$",))
     assert [(b.name, [l.name for l in b.layers]) for b in blocks] == [
         ("stem", []), ("mix0", ["c1", "c2", "mix0"]), ("mix1", ["c3", "mix1", "c4"])]
     # Without the `end` group, unnamed layers join the block before them.
-    blocks = backbones.backbone_blocks(keras.Model(inputs, x), (r"^(mix\d)$",))
+    blocks = backbone_blocks(keras.Model(inputs, x), (r"^(mix\d)$",))
     assert [(b.name, [l.name for l in b.layers]) for b in blocks] == [
         ("stem", ["c1", "c2"]), ("mix0", ["mix0", "c3"]), ("mix1", ["mix1", "c4"])]
 

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 
 import visiontune
-from visiontune import caching, freezing, train
+from visiontune.training import caching
+from visiontune.tuning import freezing
+from visiontune.cli import train
 from conftest import color_images, tiny_backbone, write_image_folder
 from test_cli import FAST
 
@@ -248,7 +250,7 @@ def _kind(spec):
 def test_every_family_trains_the_same_weights_cached_and_uncached():
     # Every grouping and every input normalisation (the fixed part below the cache).
     assert {_kind(visiontune.backbones.get_spec(f)) for f in FAMILIES} == \
-        {_kind(spec) for spec in visiontune.backbones.BACKBONES.values()}
+        {_kind(spec) for spec in visiontune.BACKBONES.values()}
     failures = []
     for family in FAMILIES:
         size = visiontune.backbones.get_spec(family).min_size

@@ -7,7 +7,12 @@ import keras
 import numpy as np
 import pytest
 
-from visiontune import config, finetune, freezing, serving, train
+import visiontune
+from visiontune.cli import train
+from visiontune.runs import config, flags
+from visiontune.training import history
+from visiontune.tuning import freezing
+from visiontune.export import serving
 from conftest import write_image_folder
 
 FAST = ["--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",
@@ -64,10 +69,10 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
 
 
 def test_flags_map_to_config_fields():
-    args = config.build_parser().parse_args(
+    args = flags.build_parser().parse_args(
         ["--data", "d", "--hidden-units", "512,128", "--unfreeze-blocks", "4",
          "--finetune-lr", "3e-5", "--l2", "0"])
-    cfg = config.config_from_args(args)
+    cfg = flags.config_from_args(args)
     assert cfg.hidden_units == (512, 128) and cfg.unfreeze_blocks == 4
     assert cfg.finetune_lr == 3e-5 and cfg.l2 == 0.0
 
@@ -125,9 +130,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_best_checkpoint(tmp_path, capsys):
                 kernel = self.model.get_layer("head_output").kernel
                 kernel.assign(np.full(kernel.shape, np.nan, "float32"))
 
-    cfg = config.parse_config(["--data", data, "--output", str(out), *FAST,
+    cfg = flags.parse_config(["--data", data, "--output", str(out), *FAST,
                                "--head-epochs", "4"])
-    with pytest.raises(finetune.TrainingDivergedError, match=r"loss became nan in epoch 3 "
+    with pytest.raises(history.TrainingDivergedError, match=r"loss became nan in epoch 3 "
                        r"\(head phase.*best checkpoint so far is kept"):
         train.run(cfg, callbacks=[Poison()])
     best = keras.saving.load_model(str(out / "best.keras"))
@@ -139,7 +144,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_best_checkpoint(tmp_path, capsys):
 
 
 def test_overwrite_replaces_a_run_but_never_a_foreign_folder(tmp_path):
-    from visiontune import rundir
+    from visiontune.runs import rundir
 
     run = tmp_path / "run"
     run.mkdir()
@@ -184,7 +189,7 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_retry(tmp_path, capsys):
 
 
 def test_unknown_backbone_suggests_the_name_meant():
-    from visiontune import backbones
+    from visiontune.backbones import registry as backbones
 
     for typed, meant in (("efficientnet_lite", "efficientnet_lite0"), ("resnet5", "resnet50"),
                          ("MobileNetV3-Larg", "mobilenetv3large")):
@@ -196,7 +201,7 @@ def test_unknown_backbone_suggests_the_name_meant():
 
 
 def test_help_gives_each_default_once():
-    text = " ".join(config.build_parser().format_help().split())
+    text = " ".join(flags.build_parser().format_help().split())
     assert "(default: none) (default:" not in text
     assert "(default: the backbone's own) (default: None)" not in text
     assert text.count("(default:") >= 20  # Flags whose help does not say it still get one.
@@ -213,7 +218,7 @@ def test_errors_still_reach_stderr_after_the_quiet_start(tmp_path):
 
 
 def test_quiet_start_drops_tensorflow_notices_and_keeps_everything_else(capfd):
-    from visiontune import quiet_start
+    from visiontune.common import quiet_start
 
     with quiet_start.native_notices_hidden():
         os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are "
@@ -273,21 +278,21 @@ def test_backbone_arg_trains_mobilenet_alpha_from_the_keras_cache_offline(tmp_pa
 ])
 def test_backbone_arg_errors_name_the_argument(argv, message):
     with pytest.raises(ValueError, match="--backbone") as error:
-        config.parse_config(["--backbone", "mobilenet", *argv])
+        flags.parse_config(["--backbone", "mobilenet", *argv])
     assert message in str(error.value)
 
 
 def test_backbone_args_from_yaml_and_flags_merge(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("backbone: mobilenet\nbackbone_args: {alpha: 0.5, depth_multiplier: 1}\n")
-    parsed = config.parse_config(["--config", str(path), "--backbone-arg", "alpha=0.25"])
+    parsed = flags.parse_config(["--config", str(path), "--backbone-arg", "alpha=0.25"])
     assert parsed.backbone_args == {"alpha": 0.25, "depth_multiplier": 1}
     path.write_text("backbone_args: [alpha]\n")
     with pytest.raises(ValueError, match="'backbone_args' in .* must be a mapping"):
-        config.parse_config(["--config", str(path)])
-    assert config.parse_config([]).backbone_args == {}
+        flags.parse_config(["--config", str(path)])
+    assert flags.parse_config([]).backbone_args == {}
     # An int for a float argument is that float: one setting, one suite key, one resume.
-    assert config.parse_config(["--backbone", "mobilenet", "--backbone-arg", "alpha=1",
+    assert flags.parse_config(["--backbone", "mobilenet", "--backbone-arg", "alpha=1",
                                 "--backbone-arg", "dropout=1e-3"]).backbone_args == \
         {"alpha": 1.0, "dropout": 0.001}
 
@@ -295,21 +300,28 @@ def test_backbone_args_from_yaml_and_flags_merge(tmp_path):
 def test_resume_notices_backbone_args_a_run_saved_before_they_existed(tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text("backbone: mobilenet\n")  # No backbone_args key: an older run.
-    config.check_resumable(config.parse_config(["--backbone", "mobilenet"]), str(saved))
+    config.check_resumable(flags.parse_config(["--backbone", "mobilenet"]), str(saved))
     with pytest.raises(ValueError, match=r"backbone_args \(\{\} -> \{'alpha': 0.5\}\)"):
-        config.check_resumable(config.parse_config(
+        config.check_resumable(flags.parse_config(
             ["--backbone", "mobilenet", "--backbone-arg", "alpha=0.5"]), str(saved))
 
 
 def test_visiontune_command_runs_each_module_and_lists_them_all(tmp_path, capsys):
-    from visiontune import cli
+    from visiontune.cli import main as cli
 
-    # Every `python -m visiontune.X` entry point is a subcommand.
-    package = os.path.dirname(cli.__file__)
-    entry_points = {name[:-3] for name in os.listdir(package) if name.endswith(".py") and
-                    "def main(" in open(os.path.join(package, name), encoding="utf-8").read()}
-    assert {module.rsplit(".", 1)[1] for module, _ in cli.COMMANDS.values()} == \
-        entry_points - {"cli"}
+    # Every `python -m visiontune.X` entry point (a module, or a package's __main__.py, that
+    # runs as __main__) is a subcommand, and each subcommand's module is in cli/.
+    package = os.path.dirname(visiontune.__file__)
+
+    def runs_as_main(name):
+        path = os.path.join(package, name)
+        path = os.path.join(path, "__main__.py") if os.path.isdir(path) else path + ".py"
+        return os.path.isfile(path) and "__main__" in open(path, encoding="utf-8").read()
+
+    entry_points = {n.removesuffix(".py") for n in os.listdir(package)
+                    if n != "__init__.py" and runs_as_main(n.removesuffix(".py"))}
+    assert {module.rsplit(".", 1)[1] for module, _ in cli.COMMANDS.values()} == entry_points
+    assert all(module.startswith("visiontune.cli.") for module, _ in cli.COMMANDS.values())
     # The console command is installed, and its help names every command.
     result = subprocess.run(["visiontune", "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -324,17 +336,17 @@ def test_visiontune_command_runs_each_module_and_lists_them_all(tmp_path, capsys
 
 
 def test_verbose_may_be_abbreviated_as_argparse_allows():
-    from visiontune import quiet_start
+    from visiontune.common import quiet_start
 
     assert quiet_start.asks_for_verbose(["--data", "x", "--verb"])
     assert quiet_start.asks_for_verbose(["--verbose"])
     assert not quiet_start.asks_for_verbose(["--v", "--val-data", "x", "--verbosity"])
-    parser = config.build_parser()
+    parser = flags.build_parser()
     assert parser.parse_args(["--verb"]).verbose  # What argparse itself accepts.
 
 
 def test_import_tensorflow_shows_the_notices_for_an_abbreviated_verbose(monkeypatch):
-    from visiontune import quiet_start
+    from visiontune.common import quiet_start
 
     def hidden():
         raise AssertionError("the notices were hidden despite --verb")

@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from visiontune import config, train
+from visiontune.cli import train
+from visiontune.runs import config, flags
 from conftest import write_image_folder
 
 
@@ -16,12 +17,12 @@ def write(tmp_path, text):
 def test_yaml_sets_defaults_and_flags_override_it(tmp_path):
     path = write(tmp_path, "head_epochs: 3\nhead_lr: 0.01\nhidden_units: [64, 32]\n"
                            "quiet: true\nweights: null\n")
-    cfg = config.parse_config(["--config", path, "--head-lr", "0.5"])
+    cfg = flags.parse_config(["--config", path, "--head-lr", "0.5"])
     assert cfg.head_epochs == 3 and cfg.hidden_units == (64, 32)
     assert cfg.head_lr == 0.5  # the flag wins
     assert cfg.quiet is True and cfg.weights is None
-    assert config.parse_config(["--config", path, "--no-quiet"]).quiet is False
-    assert config.parse_config([]).head_epochs == config.TrainConfig().head_epochs
+    assert flags.parse_config(["--config", path, "--no-quiet"]).quiet is False
+    assert flags.parse_config([]).head_epochs == config.TrainConfig().head_epochs
 
 
 @pytest.mark.parametrize("text, message", [
@@ -36,17 +37,17 @@ def test_yaml_sets_defaults_and_flags_override_it(tmp_path):
 ])
 def test_bad_yaml_names_the_key(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
-        config.parse_config(["--config", write(tmp_path, text)])
+        flags.parse_config(["--config", write(tmp_path, text)])
 
 
 def test_out_of_range_flag_names_the_flag():
     with pytest.raises(ValueError, match=r"'finetune_lr' \(--finetune-lr\) must be above 0"):
-        config.parse_config(["--finetune-lr", "0"])
+        flags.parse_config(["--finetune-lr", "0"])
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="Cannot read config file"):
-        config.parse_config(["--config", str(tmp_path / "nope.yaml")])
+        flags.parse_config(["--config", str(tmp_path / "nope.yaml")])
 
 
 def test_saved_config_reproduces_the_run(tmp_path):

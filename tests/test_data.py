@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visiontune import data, images, pipelines
+from visiontune.data import sources as data, images, pipeline as pipelines
 from conftest import write_image_folder
 
 

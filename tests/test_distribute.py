@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from visiontune import distribute
+from visiontune.training import distribute
 from conftest import write_image_folder
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -22,7 +22,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
 import visiontune
-from visiontune import distribute, train
+from visiontune.training import distribute
+from visiontune.cli import train
 sys.path.insert(0, sys.argv[1])
 from conftest import tiny_backbone, write_image_folder
 from test_caching import fixed_order_data

@@ -6,7 +6,7 @@ from PIL import Image
 
 import visiontune
 from conftest import assert_picture
-from visiontune import evaluation, plots
+from visiontune.evaluation import metrics as evaluation, plots
 
 
 def test_per_class_metrics_match_a_hand_count():

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 import visiontune
-from visiontune import finetune
+from visiontune.training import optimizers, phases as phase_lib, recipe
 from conftest import color_images, tiny_backbone
 
 
@@ -20,7 +20,7 @@ def test_two_phases_each_lower_the_validation_loss():
     train, val = datasets()
     model = visiontune.build_classifier(tiny_backbone(), 3, dropout=0.0)
     visiontune.freeze_backbone(model)
-    finetune.compile_for_phase(model, finetune.Phase("probe", 0, 1.0))
+    optimizers.compile_for_phase(model, phase_lib.Phase("probe", 0, 1.0))
     start_loss = model.evaluate(val, verbose=0, return_dict=True)["loss"]
     history = visiontune.fine_tune(model, train, val, head_epochs=6, head_lr=3e-3,
                                    finetune_epochs=6, finetune_lr=1e-3, unfreeze_blocks=2,
@@ -72,9 +72,9 @@ def test_optimizer_and_rate_are_set_per_phase(optimizer, cls):
 
 
 def test_cosine_schedule_warms_up_then_decays():
-    phase = finetune.Phase("finetune", 4, 1e-3, 1, "adam", "cosine", warmup_epochs=1)
-    schedule = finetune.learning_rate(phase, steps_per_epoch=10)
-    assert isinstance(finetune.make_optimizer(phase, 10)._learning_rate,
+    phase = phase_lib.Phase("finetune", 4, 1e-3, 1, "adam", "cosine", warmup_epochs=1)
+    schedule = optimizers.learning_rate(phase, steps_per_epoch=10)
+    assert isinstance(optimizers.make_optimizer(phase, 10)._learning_rate,
                       keras.optimizers.schedules.CosineDecay)
     values = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
     assert values[0] == pytest.approx(0.0)
@@ -184,21 +184,21 @@ def test_ema_ends_phase_2_on_the_moving_average_of_its_weights():
 
 
 def test_the_default_phase_2_rate_shrinks_with_fewer_training_images():
-    full = finetune.FINETUNE_LR["two-phase"]
-    assert finetune.default_finetune_lr("two-phase", 5000) == full
-    assert finetune.default_finetune_lr("two-phase", finetune.FULL_RATE_IMAGES) == full
-    assert finetune.default_finetune_lr("two-phase", 200) == pytest.approx(
-        full * 200 / finetune.FULL_RATE_IMAGES)
-    assert finetune.default_finetune_lr("two-phase", None) == full
-    assert finetune.default_finetune_lr("lora", 200) == finetune.FINETUNE_LR["lora"]
+    full = recipe.FINETUNE_LR["two-phase"]
+    assert recipe.default_finetune_lr("two-phase", 5000) == full
+    assert recipe.default_finetune_lr("two-phase", recipe.FULL_RATE_IMAGES) == full
+    assert recipe.default_finetune_lr("two-phase", 200) == pytest.approx(
+        full * 200 / recipe.FULL_RATE_IMAGES)
+    assert recipe.default_finetune_lr("two-phase", None) == full
+    assert recipe.default_finetune_lr("lora", 200) == recipe.FINETUNE_LR["lora"]
     x, y = color_images(10, size=32, seed=5)  # 30 images
     model = visiontune.build_classifier(tiny_backbone(), 3)
     history = visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=1, verbose=0)
     assert history.phases[0]["name"] == "finetune"
     rate = model.optimizer.learning_rate  # After 1 epoch of 1 warmup epoch: the peak.
-    assert float(rate) == pytest.approx(full * 30 / finetune.FULL_RATE_IMAGES, rel=1e-4)
+    assert float(rate) == pytest.approx(full * 30 / recipe.FULL_RATE_IMAGES, rel=1e-4)
     # A batched dataset counts in whole batches: 30 images in 4 batches of 8 are 32.
     batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     visiontune.fine_tune(model, batched, head_epochs=0, finetune_epochs=1, verbose=0)
     assert float(model.optimizer.learning_rate) == pytest.approx(
-        full * 32 / finetune.FULL_RATE_IMAGES, rel=1e-4)
+        full * 32 / recipe.FULL_RATE_IMAGES, rel=1e-4)

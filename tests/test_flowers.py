@@ -2,7 +2,8 @@
 
 import pytest
 
-from visiontune import config, train
+from visiontune.cli import train
+from visiontune.runs import config
 
 pytestmark = pytest.mark.slow
 

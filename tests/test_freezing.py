@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import visiontune
-from visiontune import backbones
+from visiontune.backbones.blocks import backbone_blocks
 from conftest import color_images, tiny_backbone
 
 
@@ -35,16 +35,16 @@ def test_phase_weights_change_only_where_unfrozen(model):
     visiontune.fine_tune(model, (x, y), head_epochs=2, finetune_epochs=0, verbose=0)
     assert not changed(start, snapshot(backbone.layers))
 
-    head_before = snapshot(visiontune.freezing.head_layers(model))
+    head_before = snapshot(visiontune.tuning.freezing.head_layers(model))
     visiontune.fine_tune(model, (x, y), head_epochs=0, finetune_epochs=2, finetune_lr=1e-2,
                          unfreeze_blocks=2, verbose=0)
     moved = changed(start, snapshot(backbone.layers))
-    top = {l.name for b in backbones.backbone_blocks(backbone)[-2:] for l in b.layers
+    top = {l.name for b in backbone_blocks(backbone)[-2:] for l in b.layers
            if not isinstance(l, keras.layers.BatchNormalization)}
     assert moved and {name for name, _ in moved} <= top
     assert {name for name, _ in moved} == {l for l in top
                                            if backbone.get_layer(l).trainable_weights}
-    assert changed(head_before, snapshot(visiontune.freezing.head_layers(model)))
+    assert changed(head_before, snapshot(visiontune.tuning.freezing.head_layers(model)))
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             np.testing.assert_array_equal(layer.moving_mean.numpy(),
@@ -55,7 +55,7 @@ def test_phase_weights_change_only_where_unfrozen(model):
 
 def test_unfreeze_counts_blocks_from_the_top_and_keeps_batchnorm_frozen(model):
     backbone = visiontune.find_backbone(model)
-    blocks = backbones.backbone_blocks(backbone)
+    blocks = backbone_blocks(backbone)
     visiontune.unfreeze_top_blocks(model, 3)
     for i, block in enumerate(reversed(blocks)):
         for layer in block.layers:

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from visiontune import evaluation, train
+from visiontune.evaluation import metrics as evaluation
+from visiontune.cli import train
 from conftest import write_image_folder
 
 FAST = ["--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",

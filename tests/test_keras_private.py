@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from visiontune import finetune, keras_private
+from visiontune.training import callbacks, history as history_lib
+from visiontune.common import keras_private
 
 
 def _compiled(metrics):
@@ -42,10 +43,10 @@ def test_a_resumed_checkpoint_starts_from_the_best_value_logged_before(tmp_path)
     """A guess from the name ("acc" means maximise) would take 0.7 as AUC's best."""
     model = _compiled([keras.metrics.AUC(name="auc")])
     checkpoint = _checkpoint(tmp_path, model, monitor="val_auc")
-    history = finetune.PhasedHistory()
+    history = history_lib.PhasedHistory()
     history.history = {"val_auc": [0.8, float("nan")]}
     finished = [{"epoch": 2, "logs": {"val_auc": 0.9}}, {"epoch": 3, "logs": {"val_auc": 0.7}}]
-    (restorer,) = finetune._resumed_best([checkpoint], history, finished)
+    (restorer,) = callbacks.resumed_best([checkpoint], history, finished)
     restorer.on_epoch_end(4, {"val_auc": 0.85})
     assert checkpoint.best == 0.9
     # The checkpoint, called next, then does not save an epoch worse than that.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import visiontune
-from visiontune import lite, torch_pickle, weights
+from visiontune.backbones import lite, torch_pickle, weights
 from conftest import require_module
 
 

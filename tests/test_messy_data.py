@@ -11,7 +11,9 @@ import tensorflow as tf
 from PIL import Image
 
 import visiontune
-from visiontune import data, doctor, pipelines
+import visiontune.common.network
+from visiontune.cli import doctor as doctor_cli
+from visiontune.data import sources as data, doctor, pipeline as pipelines
 from conftest import color_images, require_module, tiny_backbone, write_image_folder
 
 
@@ -123,7 +125,7 @@ def test_doctor_finds_the_duplicate_and_the_odd_files(messy, capsys):
     modes = report["color_modes"]
     assert modes["cmyk"] == 1 and modes["grayscale"] == 2 and modes["with_alpha"] == 1
     assert report["image_size"]["width"]["min"] == 24
-    assert doctor.main(["--data", root]) == 0
+    assert doctor_cli.main(["--data", root]) == 0
     out = capsys.readouterr().out
     assert "across train and val (leakage): 1" in out and "truncated.jpg" in out
 
@@ -162,7 +164,7 @@ def test_balanced_class_weight_from_counts(tmp_path):
 
 def test_tfds_mock_data_flows_through_the_same_pipeline(monkeypatch):
     tfds = require_module("tensorflow_datasets")
-    monkeypatch.setattr(visiontune.weights, "host_reachable", lambda url, timeout=4.0: True)
+    monkeypatch.setattr(visiontune.common.network, "host_reachable", lambda url, timeout=4.0: True)
     with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
         splits = data.load_data("tfds:tf_flowers", 32, batch_size=8, validation_split=0.25)
         batches = list(splits.train)
@@ -177,7 +179,7 @@ def test_tfds_mock_data_flows_through_the_same_pipeline(monkeypatch):
 
 def test_tfds_offline_and_unprepared_fails_fast_with_a_clear_error(monkeypatch, tmp_path):
     require_module("tensorflow_datasets")
-    monkeypatch.setattr(visiontune.weights, "host_reachable", lambda url, timeout=4.0: False)
+    monkeypatch.setattr(visiontune.common.network, "host_reachable", lambda url, timeout=4.0: False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with pytest.raises(OSError, match="tfds build tf_flowers"):
         data.load_data("tfds:tf_flowers", 32)

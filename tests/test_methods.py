@@ -1,6 +1,5 @@
 """The learning-rate finder, weight interpolation (WiSE-FT) and test-time augmentation."""
 
-import importlib
 import json
 import os
 import subprocess
@@ -11,16 +10,19 @@ import numpy as np
 import pytest
 
 import visiontune
-from visiontune import evaluate, evaluation, finetune, freezing, predict, train
-from visiontune.interpolate import corrupt, interpolate
-from visiontune.lr_find import lr_find
+from visiontune.cli import evaluate, predict
+from visiontune.cli import interpolate as interpolate_cli, lr_find as lr_find_cli
+from visiontune.evaluation import metrics as evaluation
+from visiontune.training import optimizers, phases
+from visiontune.tuning import freezing
+from visiontune.cli import train
+from visiontune.evaluation.interpolate import corrupt, interpolate
+from visiontune.training.lr_find import lr_find
 from conftest import assert_picture, color_images, tiny_backbone, write_image_folder
 from test_cli import FAST
 
-# `visiontune.interpolate` and `visiontune.lr_find` are the functions; the modules
-# (the command lines) are reached through the import system.
-interpolate_cli = importlib.import_module("visiontune.interpolate")
-lr_find_cli = importlib.import_module("visiontune.lr_find")
+# `visiontune.interpolate` and `visiontune.lr_find` are the functions; the command lines
+# live in visiontune/cli/.
 
 
 def classifier(seed=0):
@@ -186,8 +188,8 @@ def blocks_of(model):
 def test_discriminative_rates_scale_each_blocks_first_step():
     model = classifier()
     freezing.set_trainable_blocks(model, 3)
-    phase = finetune.Phase("finetune", 1, 1e-3, 3, lr_decay=0.5)
-    finetune.compile_for_phase(model, phase)
+    phase = phases.Phase("finetune", 1, 1e-3, 3, lr_decay=0.5)
+    optimizers.compile_for_phase(model, phase)
     kernels = [b.layers[0].kernel for b in blocks_of(model)]
     before = [keras.ops.convert_to_numpy(k).copy() for k in kernels]
     x, y = color_images(8, size=32)

@@ -92,7 +92,8 @@ def test_resume_after_a_crash_continues_in_the_right_phase(tmp_path, cache, cras
 
 KILLER = """
 import os, signal, sys, keras
-from visiontune import config, train
+from visiontune.cli import train
+from visiontune.runs import config, flags
 
 class Kill(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
@@ -101,7 +102,7 @@ class Kill(keras.callbacks.Callback):
         if self.epoch == {epoch} and batch == 1:
             os.kill(os.getpid(), signal.SIGKILL)
 
-train.run(config.parse_config(sys.argv[1:]), callbacks=[Kill()])
+train.run(flags.parse_config(sys.argv[1:]), callbacks=[Kill()])
 """
 
 
@@ -148,7 +149,7 @@ def test_sigkill_in_phase_2_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, capsys):
-    from visiontune import train
+    from visiontune.cli import train
     data = write_image_folder(str(tmp_path / "photos"), n_per_class=4)
     out = str(tmp_path / "run")
     assert train.main(["--output", out, "--resume", *FAST]) == 2
@@ -206,7 +207,7 @@ def test_api_resume_refuses_other_settings_and_names_them(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit_1_plus_3(backup, [Interrupt(2)])
     for changed, message in [
-            (dict(method="bn-bias"), "phases.finetune.method (unfreeze -> bn-bias)"),
+            (dict(method="bn-bias"), "phases.finetune.method (two-phase -> bn-bias)"),
             (dict(unfreeze_blocks=1), "phases.finetune.unfreeze_blocks (2 -> 1)"),
             (dict(finetune_lr=3e-4), "phases.finetune.learning_rate (0.001 -> 0.0003)"),
             (dict(label_smoothing=0.1), "label_smoothing (0.0 -> 0.1)")]:

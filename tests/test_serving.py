@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from visiontune import evaluate, export, predict, serving, train
+from visiontune.cli import evaluate, export, predict
+from visiontune.export import parity, serving
+from visiontune.cli import train
 from conftest import require_module, write_image_folder
 
 
@@ -67,9 +69,9 @@ def test_savedmodel_export_matches_keras_on_uint8_images(run, tmp_path, capsys):
     assert "Parity on" in printed and "[3/3] checking parity" in printed
     assert os.path.isfile(os.path.join(target, "labels.txt"))
     model, _, resize = serving.load_run(out)
-    pixels = export.sample_images(out, model, resize)
+    pixels = parity.sample_images(out, model, resize)
     assert pixels.dtype == np.uint8
-    assert export.parity(model, target, "savedmodel", pixels) < 1e-4
+    assert parity.parity(model, target, "savedmodel", pixels) < 1e-4
 
 
 def test_tflite_export_matches_keras(run, tmp_path):
@@ -78,7 +80,7 @@ def test_tflite_export_matches_keras(run, tmp_path):
     assert export.main([out, "--format", "tflite", "--output", target]) == 0
     assert os.path.isfile(target) and os.path.isfile(tmp_path / "labels.txt")
     model, _, resize = serving.load_run(out)
-    assert export.parity(model, target, "tflite", export.sample_images(out, model, resize)) < 1e-4
+    assert parity.parity(model, target, "tflite", parity.sample_images(out, model, resize)) < 1e-4
 
 
 def test_onnx_export_matches_keras_in_onnx_runtime(run, tmp_path, capsys):
@@ -90,14 +92,14 @@ def test_onnx_export_matches_keras_in_onnx_runtime(run, tmp_path, capsys):
     assert "[3/3] checking parity" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "labels.txt")
     model, _, resize = serving.load_run(out)
-    pixels = export.sample_images(out, model, resize)
+    pixels = parity.sample_images(out, model, resize)
     session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
     (image,) = session.get_inputs()
     assert image.type == "tensor(uint8)" and image.shape[1:] == [32, 32, 3]
     got = session.run(None, {image.name: pixels})[0]
     expected = model.predict(pixels.astype("float32"), verbose=0)
     assert got.shape == expected.shape and np.max(np.abs(got - expected)) < 1e-4
-    assert export.parity(model, target, "onnx", pixels) < 1e-4
+    assert parity.parity(model, target, "onnx", pixels) < 1e-4
 
 
 def test_tflite_runs_in_litert(run, tmp_path, capsys):
@@ -108,7 +110,7 @@ def test_tflite_runs_in_litert(run, tmp_path, capsys):
     assert export.main([out, "--format", "tflite", "--output", target, "--quiet"]) == 0
     assert "tf.lite.Interpreter" not in capsys.readouterr().err  # parity ran on LiteRT
     model, _, resize = serving.load_run(out)
-    pixels = export.sample_images(out, model, resize)
+    pixels = parity.sample_images(out, model, resize)
     interpreter = Interpreter(model_path=target)
     (inp,), (result,) = interpreter.get_input_details(), interpreter.get_output_details()
     assert inp["dtype"] == np.uint8

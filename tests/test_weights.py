@@ -3,12 +3,13 @@ import os
 import pytest
 from keras.src.utils import file_utils
 
-from visiontune import backbones, weights
+from visiontune.backbones import registry as backbones, weights
+from visiontune.common import network
 
 
 @pytest.fixture()
 def offline(monkeypatch):
-    monkeypatch.setattr(weights, "host_reachable", lambda url, timeout=4.0: False)
+    monkeypatch.setattr(network, "host_reachable", lambda url, timeout=4.0: False)
 
 
 def test_imagenet_offline_names_the_expected_file(offline):
@@ -49,7 +50,7 @@ def test_guard_is_removed_afterwards():
 
 
 def test_unreachable_host_is_detected_quickly():
-    assert weights.host_reachable("https://host.invalid/file.h5", timeout=2.0) is False
+    assert network.host_reachable("https://host.invalid/file.h5", timeout=2.0) is False
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):

@@ -1,0 +1,3 @@
+"""ImageNet backbones: the registry, how their layers group into blocks,
+EfficientNet-Lite, the safe weight reader, and where weights come from.
+"""

@@ -1,0 +1,2 @@
+"""Scoring a model: metrics, plots, and WiSE-FT weight interpolation.
+"""

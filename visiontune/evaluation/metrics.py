@@ -1,0 +1,94 @@
+"""Scores a classifier on a dataset: predictions, per-class metrics, confusion matrix."""
+
+import math
+
+import numpy as np
+
+from visiontune.common import targets
+
+
+TTA = ("none", "flip")
+
+
+def probabilities(model, images, tta="none"):
+    """Returns class probabilities for images, averaged over test-time augmentations.
+
+    `tta="flip"` averages the predictions for each image and its horizontal
+    mirror, a view every augmentation preset also trains on.
+    """
+    if tta not in TTA:
+        raise ValueError(f"Expected --tta in {TTA}. Received: {tta!r}")
+    images = np.asarray(images, dtype=np.float32)
+    probs = model.predict(images, batch_size=64, verbose=0)
+    if tta == "flip":
+        probs = (probs + model.predict(images[:, :, ::-1], batch_size=64, verbose=0)) / 2
+    return probs
+
+
+def predict(model, dataset, verbose=0, tta="none"):
+    """Returns `(images, labels, probabilities)` over a batched `(images, labels)` dataset.
+
+    One-hot (mixed) labels are turned back into class indices. Images are
+    kept as uint8 for plotting. `tta` as in `probabilities`.
+    """
+    images, labels, probs = [], [], []
+    for x, y in dataset:
+        # Not `predict_on_batch`: under a tf.distribute strategy (Keras 3.15) it returns
+        # each replica's outputs concatenated, twice as many rows as images on two replicas.
+        probs.append(probabilities(model, x, tta))
+        labels.append(targets.class_indices(y))
+        images.append(np.asarray(x).clip(0, 255).astype(np.uint8))
+    return np.concatenate(images), np.concatenate(labels), np.concatenate(probs)
+
+
+def classification_metrics(labels, predictions, class_names):
+    """Returns accuracy, the confusion matrix and per-class precision, recall and F1.
+
+    `confusion_matrix[i][j]` counts images of class i predicted as class j.
+    A class never predicted has precision 0 (not NaN), as scikit-learn's
+    `zero_division=0`.
+    """
+    k = len(class_names)
+    matrix = np.zeros((k, k), dtype=int)
+    np.add.at(matrix, (np.asarray(labels, int), np.asarray(predictions, int)), 1)
+    true_pos = np.diag(matrix).astype(float)
+    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = np.divide(true_pos, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(true_pos, actual, out=np.zeros(k), where=actual > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros(k), where=total > 0)
+    correct, images = int(true_pos.sum()), int(matrix.sum())
+    return {
+        "accuracy": correct / max(images, 1),
+        "images": images,
+        "accuracy_ci95": list(wilson_interval(correct, images)),
+        "confusion_matrix": matrix.tolist(),
+        "per_class": {name: {"precision": round(float(p), 4), "recall": round(float(r), 4),
+                             "f1": round(float(f), 4), "support": int(n)}
+                      for name, p, r, f, n in zip(class_names, precision, recall, f1, actual)},
+    }
+
+
+def wilson_interval(successes, trials, z=1.959964):
+    """Returns the Wilson score interval `(low, high)` for a proportion (95% by default).
+
+    Unlike the normal approximation p ± z·sqrt(p(1-p)/n), it stays inside
+    [0, 1] and does not collapse to a point at 0 or n successes, which matters
+    for the small validation sets this tool is made for (Wilson 1927; Brown,
+    Cai and DasGupta 2001 recommend it). 0 trials give `(0.0, 1.0)`.
+    """
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials
+                                                 + z * z / (4 * trials * trials))
+    # At 0 or n successes the bound is exactly 0 or 1; floating point may miss it by an ulp.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
+
+
+def describe_accuracy(accuracy, interval, images):
+    """Returns e.g. `"0.941 (95% CI 0.89–0.97, 153 images)"`."""
+    return f"{accuracy:.3f} (95% CI {interval[0]:.2f}–{interval[1]:.2f}, {images:,} images)"

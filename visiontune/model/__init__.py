@@ -1,0 +1,2 @@
+"""The classifier: raw image -> preprocessing -> backbone -> new head.
+"""

@@ -1,0 +1,2 @@
+"""What trains: freezing the backbone, unfreezing its top blocks, bn-bias, LoRA adapters.
+"""
