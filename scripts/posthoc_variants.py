@@ -33,7 +33,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
-import importlib  # noqa: E402
 import io  # noqa: E402
 
 import keras  # noqa: E402
@@ -41,12 +40,11 @@ import numpy as np  # noqa: E402
 
 import transfer_suite as suite  # noqa: E402
 from visiontune.data import sources as data  # noqa: E402
-from visiontune.evaluation import metrics as evaluation
-from visiontune.export import serving
-from visiontune.runs import run as train
+from visiontune.common import targets  # noqa: E402
+from visiontune.evaluation import interpolate, metrics as evaluation  # noqa: E402
+from visiontune.export import serving  # noqa: E402
+from visiontune.runs import run as train  # noqa: E402
 
-# The module, not the function `visiontune.interpolate` that the package exports.
-interpolate = importlib.import_module("visiontune.interpolate")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "posthoc_variants.json")
@@ -65,17 +63,17 @@ def trained_run(config, run_dir):
 def score(run_dir, config):
     """Accuracy of every variant on the run's validation images."""
     final, _, resize = serving.load_run(run_dir)
-    start = interpolate._start_model(run_dir, final)
+    start = interpolate.start_model(run_dir, final)
     # The run's own split: same source, seed and split file, so the same images.
     splits = data.load_data(config.data, final.input_shape[1:3], seed=config.seed,
                             validation_split=config.validation_split,
                             val_source=config.val_data, resize=resize,
-                            split_file=interpolate._split_file(
+                            split_file=interpolate.run_split_file(
                                 run_dir, config.data, {"val_data": config.val_data}),
                             verbose=False)
     batches = [(np.asarray(x), np.asarray(y)) for x, y in splits.val]
     pixels = np.concatenate([x for x, _ in batches])
-    labels = np.concatenate([y for _, y in batches])
+    labels = targets.class_indices(np.concatenate([y for _, y in batches]))
     wise = interpolate.interpolate(start, final, 0.5)
     p_final = evaluation.probabilities(final, pixels)
     p_final_flip = evaluation.probabilities(final, pixels, "flip")

@@ -71,7 +71,10 @@ def source_of(name, shared):
 
 # What the baselines run of visiontune: loading the data and building the backbone. Paths
 # relative to the package; a folder stands for everything in it.
-BASELINE_MODULES = ("data", "backbones", "common")
+BASELINE_MODULES = ("data/sources.py", "data/splits.py", "data/images.py", "data/pipeline.py",
+                    "data/augment.py", "backbones", "common/keras_private.py",
+                    "common/checks.py", "common/network.py", "common/atomic.py",
+                    "common/targets.py")
 # Modules that a training run does not execute (or only for plots, or for a command's
 # log lines): editing them reruns nothing.
 NOT_TRAINING = ("cli", "export/serving.py", "export/parity.py", "export/__main__.py",

@@ -22,10 +22,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.dirname(visiontune.__file__)
 
 
-def _contract_layers():
+def _contract():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         (contract,) = tomllib.load(f)["tool"]["importlinter"]["contracts"]
-    return [tuple(part.strip() for part in layer.split("|")) for layer in contract["layers"]]
+    return contract
+
+
+def _contract_layers():
+    return [tuple(part.strip() for part in layer.split("|")) for layer in _contract()["layers"]]
 
 
 def test_the_readme_diagram_is_the_import_linter_contract():
@@ -42,6 +46,29 @@ def test_the_readme_diagram_is_the_import_linter_contract():
     assert subpackages == {name for layer in drawn for name in layer}
 
 
+def _statements(path):
+    with open(path, encoding="utf-8") as f:
+        return [ast.dump(node) for node in ast.parse(f.read()).body
+                if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+
+
+def _entry_module(command):
+    """The statements of a `python -m` entry point that only runs `cli/<command>.py`."""
+    return [ast.dump(node) for node in ast.parse(
+        f"import sys\n\nfrom visiontune.cli.{command} import main\n\n"
+        f"if __name__ == '__main__':\n    sys.exit(main())\n").body]
+
+
+def test_entry_modules_only_run_their_command():
+    """The modules outside the layers (`exhaustive_ignores`) are exactly the top-level
+    entry points, and each only calls its `cli/` module; so does `export/__main__.py`."""
+    top = {n[:-3] for n in os.listdir(PACKAGE) if n.endswith(".py") and n != "__init__.py"}
+    assert set(_contract()["exhaustive_ignores"]) == top
+    for command in top:
+        assert _statements(os.path.join(PACKAGE, command + ".py")) == _entry_module(command)
+    assert _statements(os.path.join(PACKAGE, "export", "__main__.py")) == _entry_module("export")
+
+
 def test_atomic_writing_is_a_leaf_and_common_imports_only_common():
     """`common` is the bottom layer; `atomic` breaks the old lite -> rundir -> ... cycle by
     importing nothing from visiontune at all."""
@@ -50,6 +77,8 @@ def test_atomic_writing_is_a_leaf_and_common_imports_only_common():
             continue
         with open(os.path.join(PACKAGE, "common", name), encoding="utf-8") as f:
             tree = ast.parse(f.read())
+        assert all(node.level == 0 for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom)), name  # No relative imports.
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                     and node.module} | {alias.name for node in ast.walk(tree)
                                         if isinstance(node, ast.Import) for alias in node.names}
@@ -67,8 +96,10 @@ def test_public_names_come_from_the_top_level():
              "unfreeze_top_blocks"}  # Before the restructure.
     added = {"TrainConfig", "run", "save_model", "compare_methods"}
     assert names | added <= set(visiontune.__all__)
-    for name in visiontune.__all__:
-        assert getattr(visiontune, name) is not None
+    assert visiontune.run.__module__ == "visiontune.runs.run"
+    assert visiontune.TrainConfig.__module__ == "visiontune.runs.config"
+    assert visiontune.save_model.__module__ == "visiontune.export.saving"
+    assert visiontune.compare_methods.__module__ == "visiontune.training.compare"
     # The functions keep their names although commands of the same names exist.
     assert callable(visiontune.interpolate) and callable(visiontune.lr_find)
     assert visiontune.interpolate.__module__ == "visiontune.evaluation.interpolate"
@@ -105,7 +136,9 @@ def _model():
     return model
 
 
-def test_n_1_labels_train_and_score_as_sparse_labels_do():
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.1}, {"cache": "memory"}],
+                         ids=["plain", "label-smoothing", "cached"])
+def test_n_1_labels_train_and_score_as_sparse_labels_do(options):
     """Before one helper decided, `fine_tune` took `(batch, 1)` dataset labels for one-hot
     (a one-column categorical loss), `evaluation.predict` took their argmax (always 0) and
     `compare` compared `(N,)` predictions with `(N, 1)` labels, an `(N, N)` table."""
@@ -115,7 +148,7 @@ def test_n_1_labels_train_and_score_as_sparse_labels_do():
         data = tf.data.Dataset.from_tensor_slices((x, labels)).batch(8)
         model = _model()
         history = visiontune.fine_tune(model, data, data, head_epochs=2, finetune_epochs=0,
-                                       verbose=0)
+                                       shuffle=False, verbose=0, **options)
         _, scored, probs = evaluation.predict(model, data)
         row = compare._row("probe", model, (x, labels), 0, 0.0, 0.0)
         results.append((history.history["loss"], scored, probs, row["val_accuracy"]))
@@ -134,3 +167,14 @@ def test_check_int_refuses_bools_and_fractions_and_names_the_argument():
             checks.check_int(bad, "lora_rank", 1)
     with pytest.raises(ValueError, match=r"Expected `unfreeze_blocks` between 0 and 7 for b0\."):
         checks.check_int(9, "unfreeze_blocks", 0, 7, " for b0")
+
+
+def test_n_1_array_labels_load_as_class_indices():
+    """`load_data((x, y))` took `(N, 1)` labels for multi-hot: one class named '0'."""
+    x, y = color_images(6, size=32)
+    flat = visiontune.load_data((x, y), 32, seed=0)
+    column = visiontune.load_data((x, y.reshape(-1, 1)), 32, seed=0)
+    assert column.class_names == flat.class_names == ["0", "1", "2"]
+    assert column.train_files.labels == flat.train_files.labels
+    (_, labels), = column.val.unbatch().batch(100).take(1)
+    assert labels.dtype == tf.int32 and labels.shape.rank == 1

@@ -249,11 +249,11 @@ def _kind(spec):
 @pytest.mark.slow
 def test_every_family_trains_the_same_weights_cached_and_uncached():
     # Every grouping and every input normalisation (the fixed part below the cache).
-    assert {_kind(visiontune.backbones.get_spec(f)) for f in FAMILIES} == \
+    assert {_kind(visiontune.backbones.registry.get_spec(f)) for f in FAMILIES} == \
         {_kind(spec) for spec in visiontune.BACKBONES.values()}
     failures = []
     for family in FAMILIES:
-        size = visiontune.backbones.get_spec(family).min_size
+        size = visiontune.backbones.registry.get_spec(family).min_size
         x, y = color_images(8, size=size, seed=1)
         xv, yv = color_images(4, size=size, seed=2)
         results = {}

@@ -357,3 +357,17 @@ def test_import_tensorflow_shows_the_notices_for_an_abbreviated_verbose(monkeypa
     monkeypatch.setattr(sys, "argv", ["visiontune", "train"])
     with pytest.raises(AssertionError, match="hidden"):
         quiet_start.import_tensorflow()
+
+
+def test_a_missing_folder_is_named_before_the_run_directory_exists(tmp_path, monkeypatch,
+                                                                    capsys):
+    """Also a relative name with a colon, which the old check took for a `scheme:` source
+    and let through to fail later, after the run directory was made."""
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--data", "a:b", "--output", "r", *FAST]) == 2
+    assert "--data 'a:b': no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    from visiontune.data import sources
+
+    for fine in ("builtin:digits", "tfds:beans", str(tmp_path), None):
+        sources.check_folder_exists(fine)  # No error.

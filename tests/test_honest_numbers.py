@@ -1,5 +1,6 @@
 """Honest accuracy: intervals on the reported figure, and no decision that reads it."""
 
+import ast
 import json
 import os
 import shutil
@@ -177,6 +178,52 @@ def test_suite_code_version_ignores_layout_but_not_behaviour(monkeypatch):
     # A module docstring, and a function left with only its docstring, stay valid trees.
     assert transfer_suite._semantics('"""Module."""\ndef f():\n    """Only this."""\n') == \
         transfer_suite._semantics("def f():\n    pass\n")
+
+
+def _import_closure(package, *modules):
+    """Package-relative paths of `modules` and every visiontune module they import, read
+    from the source (imports inside functions too), as `code_version` names them."""
+    seen, todo = set(), list(modules)
+    while todo:
+        relative = todo.pop()
+        if relative in seen:
+            continue
+        seen.add(relative)
+        with open(os.path.join(package, relative), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+                     if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "visiontune":
+                    continue
+                path = os.path.join(*parts[1:]) if len(parts) > 1 else ""
+                for candidate in (path + ".py", os.path.join(path, "__init__.py")):
+                    if path and os.path.isfile(os.path.join(package, candidate)):
+                        todo.append(candidate.replace(os.sep, "/"))
+    return seen
+
+
+def test_the_suite_digests_every_module_its_runs_execute(monkeypatch):
+    """A training run executes `runs/run.py` and `runs/flags.py` and what they import; the
+    baselines, `data/sources.py` and `backbones/registry.py`. A module they execute that
+    the digest leaves out would let an edit keep stale numbers."""
+    monkeypatch.syspath_prepend(os.path.abspath(SCRIPTS))
+    import transfer_suite
+
+    package = os.path.dirname(evaluation.__file__).rsplit(os.sep, 1)[0]
+    training = _import_closure(package, "runs/run.py", "runs/flags.py")
+    # Executed for a constant, log lines or plots only: they do not change a number.
+    harmless = {"evaluation/interpolate.py", "evaluation/plots.py", "common/quiet_start.py"}
+    skipped = {m for m in training if transfer_suite._within(m, transfer_suite.NOT_TRAINING)}
+    assert skipped <= harmless, skipped - harmless
+    baseline = _import_closure(package, "data/sources.py", "backbones/registry.py")
+    assert all(transfer_suite._within(m, transfer_suite.BASELINE_MODULES)
+               for m in baseline - {"data/__init__.py", "backbones/__init__.py",
+                                    "common/__init__.py"}), baseline
+    assert len(training) > 30 and len(baseline) > 10
 
 
 def test_results_are_carried_over_a_refactor_only_when_fresh_rows_equal_them(monkeypatch):

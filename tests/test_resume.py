@@ -312,3 +312,27 @@ def test_a_resumed_checkpoint_does_not_take_the_first_resumed_epoch_for_the_best
     losses = history.history[monitor]
     assert losses[0] == max(losses)  # what makes "no save" the right answer
     assert not os.path.exists(best)
+
+
+def test_a_run_saved_under_the_old_method_name_resumes(tmp_path):
+    """Before one vocabulary, `Phase.method` was "unfreeze" for the two-phase method, and
+    backups saved it so; such a run must resume, and report today's name."""
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        fit_1_plus_3(backup, [Interrupt(2)])  # After the head phase, inside phase 2.
+    for name in ("settings.json", "state.json"):
+        path = os.path.join(backup, name)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        assert '"method": "two-phase"' in text
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text.replace('"method": "two-phase"', '"method": "unfreeze"'))
+    epochs = Epochs()
+    keras.utils.set_random_seed(0)
+    model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0)
+    history = visiontune.fine_tune(model, *fixed_order_data(), head_epochs=1,
+                                   finetune_epochs=3, finetune_lr=1e-3, unfreeze_blocks=2,
+                                   shuffle=False, backup_dir=backup, callbacks=[epochs],
+                                   verbose=0)
+    assert epochs.trained == [2, 3]
+    assert [p["method"] for p in history.phases] == ["two-phase", "two-phase"]

@@ -14,6 +14,7 @@ import urllib.parse
 
 from visiontune.common import keras_private, network
 
+
 class WeightsUnavailableError(OSError):
     """Raised when pretrained weights are neither cached nor downloadable."""
 

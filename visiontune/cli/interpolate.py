@@ -9,18 +9,18 @@ import argparse
 import os
 import sys
 
-import keras
 import numpy as np
 
 from visiontune.common import atomic, quiet_start, targets
-from visiontune.data import sources as data, splits
+from visiontune.data import sources as data
 from visiontune.evaluation import plots
 from visiontune.export import saving, serving
 from visiontune.evaluation.interpolate import (
     CORRUPTIONS,
-    START_WEIGHTS,
     interpolate,
+    run_split_file,
     score_alphas,
+    start_model,
 )
 from visiontune.runs import config as config_lib
 
@@ -38,18 +38,18 @@ def sweep(run_dir, alphas, select="mean", verbose=True):
     if targets.is_multi_label(finetuned):
         raise ValueError(f"{run_dir!r} is a multi-label run; the sweep scores single-label "
                          "accuracy (argmax) and cannot rank its alphas.")
-    start = _start_model(run_dir, finetuned)
+    start = start_model(run_dir, finetuned)
     config = config_lib.load_yaml(os.path.join(run_dir, "config.yaml"))
     size = finetuned.input_shape[1:3]
     source = config.get("data", "builtin:digits")
     splits = data.load_data(source, size,
                             validation_split=config.get("validation_split", 0.2),
                             seed=config.get("seed", 0), val_source=config.get("val_data"),
-                            resize=resize, split_file=_split_file(run_dir, source, config),
+                            resize=resize, split_file=run_split_file(run_dir, source, config),
                             verbose=False)
     batches = [(np.asarray(x), np.asarray(y)) for x, y in splits.val]  # No model pass.
     pixels = np.concatenate([x for x, _ in batches]).clip(0, 255).astype(np.uint8)
-    labels = np.concatenate([y for _, y in batches])
+    labels = targets.class_indices(np.concatenate([y for _, y in batches]))
     rows = score_alphas(start, finetuned, pixels, labels, alphas, verbose)
     best = max(rows, key=lambda r: r[select])
     saving.save_model(interpolate(start, finetuned, best["alpha"]),
@@ -60,32 +60,6 @@ def sweep(run_dir, alphas, select="mean", verbose=True):
         "note": "alpha is chosen on the same validation images it is scored on"})
     plots.interpolation(rows, best["alpha"], os.path.join(run_dir, "interpolation.png"))
     return rows, best
-
-
-def _split_file(run_dir, source, config):
-    """The run's `split.json`, if its validation images came from a random split.
-
-    A `val/` folder (or `--val-data`) fixes the validation images itself; the split
-    file would then be checked against the training folder alone, which does not
-    hold them (`splits.reuse_split`).
-    """
-    own_val = config.get("val_data") or (
-        isinstance(source, str) and os.path.isdir(source)
-        and "val" in splits.split_subfolders(source))
-    return None if own_val else os.path.join(run_dir, "split.json")
-
-
-def _start_model(run_dir, finetuned):
-    path = os.path.join(run_dir, START_WEIGHTS)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path!r} not found: the run has no weights from after phase 1. Runs keep them "
-            "when phase 1 ran (head_epochs > 0) with this version of visiontune; train the "
-            "run again to sweep it.")
-    start = keras.models.clone_model(finetuned)
-    with np.load(path) as saved:
-        start.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
-    return start
 
 
 def main(argv=None):

@@ -10,6 +10,7 @@ from visiontune.common import quiet_start
 from visiontune.data import sources as data_lib
 from visiontune.model import classifier
 from visiontune.training import lr_find as lr_find_lib, optimizers
+from visiontune.training.lr_find import lr_find
 from visiontune.tuning import freezing
 
 
@@ -40,7 +41,7 @@ def main(argv=None):
         weights = None if args.weights.lower() == "none" else args.weights
         model = classifier.build_classifier(args.backbone, len(splits.class_names), weights, size)
         freezing.set_trainable_blocks(model, args.unfreeze_blocks)
-        result = lr_find_lib.lr_find(model, splits.train, start_lr=args.start_lr,
+        result = lr_find(model, splits.train, start_lr=args.start_lr,
                                      end_lr=args.end_lr, steps=args.steps,
                                      optimizer=args.optimizer)
         result.plot(args.output)

@@ -21,7 +21,7 @@ def diagnose(path, val_path=None, verbose=False):
 
     Example:
 
-    >>> from visiontune import doctor
+    >>> from visiontune.data import doctor
     >>> report = doctor.diagnose("photos/")
     >>> report["duplicates"]["train_val"]
     []

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from visiontune.data import augment, images, pipeline as pipelines
-from visiontune.common import network
+from visiontune.common import network, targets
 from visiontune.data.splits import (
     DataSplits,
     ImageFiles,
@@ -25,6 +25,7 @@ from visiontune.data.splits import (
 )
 
 RESIZE_POLICIES = ("crop", "stretch")
+BUILTIN, TFDS = "builtin:", "tfds:"  # Sources that are not folders start with these.
 _TFDS_HOST = "https://storage.googleapis.com"
 
 
@@ -67,10 +68,10 @@ def load_data(source, image_size, *, batch_size=32, validation_split=0.2, seed=0
         val_x, val_y = val_source if val_source is not None else (None, None)
         splits = load_arrays(train_x, train_y, val_x, val_y, image_size, batch_size,
                              validation_split, seed, resize)
-    elif str(source).startswith("builtin:"):
+    elif str(source).startswith(BUILTIN):
         splits = load_builtin(source.split(":", 1)[1], image_size, batch_size,
                               validation_split, seed, resize)
-    elif str(source).startswith("tfds:"):
+    elif str(source).startswith(TFDS):
         splits = load_tfds(source, image_size, batch_size, validation_split, seed, val_source,
                            resize)
     else:
@@ -83,6 +84,17 @@ def load_data(source, image_size, *, batch_size=32, validation_split=0.2, seed=0
         splits.val = splits.val.map(one_hot)
         splits.test = splits.test.map(one_hot) if splits.test is not None else None
     return splits
+
+
+def check_folder_exists(source, flag="--data"):
+    """Raises `FileNotFoundError` when `source` names a folder that does not exist.
+
+    Cheap, so a run can check its sources before it creates its run directory.
+    """
+    if (source and isinstance(source, (str, os.PathLike))
+            and not str(source).startswith((BUILTIN, TFDS)) and not os.path.isdir(source)):
+        raise FileNotFoundError(f"{flag} {str(source)!r}: no such folder. Pass a folder of "
+                                "class subfolders, builtin:digits, or tfds:NAME.")
 
 
 def load_first_available(sources, image_size, **kwargs):
@@ -197,7 +209,7 @@ def load_builtin(name, image_size, batch_size=32, validation_split=0.2, seed=0,
 def load_arrays(x, y, val_x=None, val_y=None, image_size=224, batch_size=32,
                 validation_split=0.2, seed=0, resize="crop", class_names=None, name="array"):
     """Loads in-memory images: `x` is (n, h, w, 3) RGB in [0, 255], `y` int or multi-hot."""
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = np.asarray(x), _indices_if_sparse(y)
     if x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
         raise ValueError(f"Expected images of shape (n, height, width, 3) and n labels. "
                          f"Received: images {x.shape}, labels {y.shape}.")
@@ -212,15 +224,23 @@ def load_arrays(x, y, val_x=None, val_y=None, image_size=224, batch_size=32,
             is_val = validation_mask(labels, names, validation_split, seed)
         x, val_x, y, val_y, labels = x[~is_val], x[is_val], y[~is_val], y[is_val], \
             labels[~is_val]
-    val_labels = np.asarray(val_y).argmax(axis=1) if multi_hot else np.asarray(val_y)
+    val_y = _indices_if_sparse(val_y)
+    val_labels = val_y.argmax(axis=1) if multi_hot else val_y
     index = lambda n: [f"{name}[{i}]" for i in range(n)]  # noqa: E731
     return DataSplits(
         train=pipelines.tensor_pipeline(x, y, image_size, batch_size, True, seed, resize),
-        val=pipelines.tensor_pipeline(np.asarray(val_x), np.asarray(val_y), image_size, batch_size,
-                            resize=resize),
+        val=pipelines.tensor_pipeline(np.asarray(val_x), val_y, image_size, batch_size,
+                                      resize=resize),
         class_names=names,
         train_files=ImageFiles(index(len(x)), labels.tolist(), names),
         val_files=ImageFiles(index(len(val_labels)), val_labels.tolist(), names))
+
+
+def _indices_if_sparse(labels):
+    """`(n, 1)` labels as `(n,)` class indices, as everywhere (`common.targets`); wider
+    labels stay multi-hot."""
+    labels = np.asarray(labels)
+    return labels.reshape(-1) if labels.ndim == 2 and targets.is_sparse(labels) else labels
 
 
 def load_tfds(source, image_size, batch_size=32, validation_split=0.2, seed=0,

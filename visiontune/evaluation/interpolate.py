@@ -15,9 +15,14 @@ noise, low contrast, JPEG), writes a table and a plot into the run, and saves th
 (`after-head.weights.npz`).
 """
 
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
+
+from visiontune.common import targets
+from visiontune.data import splits
 
 
 START_WEIGHTS = "after-head.weights.npz"
@@ -121,9 +126,37 @@ def score_alphas(start, finetuned, pixels, labels, alphas, verbose=True):
         row = {"alpha": float(alpha)}
         for name, images in (("clean", pixels), ("shifted", shifted)):
             predicted = model.predict(images.astype(np.float32), verbose=0).argmax(axis=1)
-            row[name] = float(np.mean(predicted == np.asarray(labels)))
+            row[name] = float(np.mean(predicted == targets.class_indices(labels)))
         row["mean"] = (row["clean"] + row["shifted"]) / 2
         rows.append(row)
         if verbose:
             print(f"alpha {alpha:<5g} clean {row['clean']:.3f}  shifted {row['shifted']:.3f}")
     return rows
+
+
+def run_split_file(run_dir, source, config):
+    """The run's `split.json`, if its validation images came from a random split.
+
+    A `val/` folder (or `--val-data`) fixes the validation images itself; the split
+    file would then be checked against the training folder alone, which does not
+    hold them (`splits.reuse_split`).
+    """
+    own_val = config.get("val_data") or (
+        isinstance(source, str) and os.path.isdir(source)
+        and "val" in splits.split_subfolders(source))
+    return None if own_val else os.path.join(run_dir, "split.json")
+
+
+def start_model(run_dir, finetuned):
+    """The run's model after phase 1 (`START_WEIGHTS`): `finetuned`'s architecture with the
+    weights it had when the head was trained and the backbone not yet unfrozen."""
+    path = os.path.join(run_dir, START_WEIGHTS)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path!r} not found: the run has no weights from after phase 1. Runs keep them "
+            "when phase 1 ran (head_epochs > 0) with this version of visiontune; train the "
+            "run again to sweep it.")
+    start = keras.models.clone_model(finetuned)
+    with np.load(path) as saved:
+        start.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
+    return start

@@ -90,10 +90,8 @@ def _check_names(config):
     backbones.get_spec(config.backbone)
     if str(config.weights).lower() != "none":  # As `_train` reads it.
         weights_lib.resolve(config.weights)
-    for flag, source in (("--data", config.data), ("--val-data", config.val_data)):
-        if source and ":" not in str(source).split(os.sep)[0] and not os.path.isdir(source):
-            raise FileNotFoundError(f"{flag} {source!r}: no such folder. Pass a folder of "
-                                    "class subfolders, builtin:digits, or tfds:NAME.")
+    data.check_folder_exists(config.data, "--data")
+    data.check_folder_exists(config.val_data, "--val-data")
 
 
 def _discard_if_unstarted(out):

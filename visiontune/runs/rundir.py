@@ -9,7 +9,6 @@ import shutil
 import time
 
 
-
 def default_run_dir(backbone, root="runs"):
     """Returns `runs/<timestamp>-<backbone>`."""
     return os.path.join(root, f"{time.strftime('%Y%m%d-%H%M%S')}-{backbone}")

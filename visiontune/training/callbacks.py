@@ -45,11 +45,13 @@ class _ModelView(forwarding.Forwarding):
                                  "make_train_function",
                                  keras_private.INITIAL_EPOCH_ATTRIBUTE})
 
+    _OWN = ("_target", "_trainer")
+
     def __init__(self, full, trainer):
         super().__init__(full)
-        object.__setattr__(self, "_trainer", trainer)
+        self._own("_trainer", trainer)
 
-    def route(self, name):
+    def _route(self, name):
         return self._trainer if name in self._TRAINING_STATE else self._target
 
 

@@ -29,7 +29,7 @@ class Phase:
     block_patterns: tuple = None  # None: the registry's grouping (freezing._blocks)
 
     def __post_init__(self):
-        checks.check_int(self.epochs, "epochs", 0, where=f" of the {self.name} phase")
+        checks.check_int(self.epochs, "epochs", 0, where=f" (phase {self.name!r})")
         if not self.learning_rate > 0:
             raise ValueError(
                 f"Expected a {self.name} learning rate > 0. Received: {self.learning_rate!r}")

@@ -149,13 +149,14 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
     >>> history.history["phase"][-1]
     'finetune'
     """
-    _check_recipe(method, finetune_epochs, unfreeze_blocks, label_smoothing, cache_copies)
+    _check_method(method, finetune_epochs, unfreeze_blocks)
     phases = plan_phases(
         train, head_epochs=head_epochs, head_lr=head_lr, finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr, unfreeze_blocks=unfreeze_blocks, optimizer=optimizer,
         finetune_optimizer=finetune_optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
         lr_decay=lr_decay, gradual_epochs=gradual_epochs, method=method, lora_rank=lora_rank,
         ema=ema, block_patterns=block_patterns, verbose=verbose)
+    _check_options(label_smoothing, cache_copies)
     for phase in phases:
         # Fail before any training.
         freezing.check_block_count(model, phase.unfreeze_blocks, phase.block_patterns)
@@ -172,13 +173,16 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
     return history
 
 
-def _check_recipe(method, finetune_epochs, unfreeze_blocks, label_smoothing, cache_copies):
+def _check_method(method, finetune_epochs, unfreeze_blocks):
     if method not in METHODS:
         raise ValueError(f"Expected `method` in {METHODS}. Received: {method!r}")
     if method in ("bn-bias", "lora") and finetune_epochs and unfreeze_blocks < 1:
         raise ValueError(f"method={method!r} trains parts of the top `unfreeze_blocks` "
                          "blocks, so it needs unfreeze_blocks >= 1. Received: "
                          f"unfreeze_blocks={unfreeze_blocks!r}.")
+
+
+def _check_options(label_smoothing, cache_copies):
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"Expected `label_smoothing` in [0, 1). Received: {label_smoothing!r}")
     checks.check_int(cache_copies, "cache_copies", 1)

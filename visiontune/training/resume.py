@@ -93,7 +93,7 @@ class Journal:
         with np.load(os.path.join(self.folder, state["weights"])) as saved:
             model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
         history.history, history.epoch = state["history"], state["epoch"]
-        history.phases = state["phases"]
+        history.phases = [_renamed_method(p) for p in state["phases"]]
         return state["completed"]
 
     def callbacks(self, phase):
@@ -144,12 +144,19 @@ def _plain(value):
 
 
 def _renamed(saved):
-    """Saved settings in today's words: phases of runs begun before the methods had one
-    vocabulary called the two-phase method "unfreeze"."""
-    for phase in saved.get("phases", {}).values():
-        if isinstance(phase, dict) and phase.get("method") == "unfreeze":
-            phase["method"] = "two-phase"
+    """Saved settings in today's words (see `_renamed_method`)."""
+    phases = saved.get("phases")
+    if isinstance(phases, dict):
+        saved["phases"] = {name: _renamed_method(p) for name, p in phases.items()}
     return saved
+
+
+def _renamed_method(phase):
+    """Runs begun before visiontune had one vocabulary of methods saved the two-phase
+    method as "unfreeze"; they resume under today's name."""
+    if isinstance(phase, dict) and phase.get("method") == "unfreeze":
+        return {**phase, "method": "two-phase"}
+    return phase
 
 
 def _flatten(value, prefix=""):

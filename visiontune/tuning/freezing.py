@@ -14,7 +14,6 @@ import dataclasses
 import keras
 import numpy as np
 
-
 from visiontune.backbones.blocks import backbone_blocks
 from visiontune.common import checks, keras_private
 
@@ -160,7 +159,7 @@ def _keep_in_inference_mode(layer):
     opposite: learn the scale and offset, keep the statistics. Keras has no
     switch for that, so the layer's own `call` is wrapped, on this instance
     only, to always pass `training=False` (`keras_private.always_in_inference_mode`).
-    The wrapper is not saved, so ``export.saving.save_model` (which the CLI uses) saves
+    The wrapper is not saved, so `export.saving.save_model` (which the CLI uses) saves
     BatchNorm frozen (`batchnorm_frozen`); save a bn-bias model from your own
     code inside `batchnorm_frozen(model)`, or through `visiontune.save_model`.
     """
