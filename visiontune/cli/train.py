@@ -9,7 +9,7 @@ import time
 
 from visiontune.runs import flags
 from visiontune.runs.run import run
-from visiontune.training import history
+from visiontune.training import history, worker_loop
 
 
 def main(argv=None):
@@ -19,7 +19,7 @@ def main(argv=None):
         config = flags.parse_config(argv, description=__doc__.splitlines()[0])
         run(config)
     except (ValueError, FileNotFoundError, FileExistsError, OSError,
-            history.TrainingDivergedError) as error:
+            history.TrainingDivergedError, worker_loop.WorkerLostError) as error:
         print(f"visiontune.train: error: {error}", file=sys.stderr)
         return 2
     if not config.quiet:

@@ -73,6 +73,13 @@ def clear_initial_epoch(model):
 INITIAL_EPOCH_ATTRIBUTE = "_initial_epoch"
 
 
+# How many iterators `fit` draws from a `tf.data.Dataset` per epoch. Keras 3.15's
+# `EpochIterator` makes one when an epoch begins and, once the epoch's batches are seen,
+# another that the next epoch replaces unused. Each draw reshuffles a dataset that
+# reshuffles each iteration, so a loop that must see `fit`'s batches draws as many.
+FIT_ITERATORS_PER_EPOCH = 2
+
+
 def backed_up_epoch(backup_dir):
     """The epoch `keras.callbacks.BackupAndRestore` will resume from, or None.
 

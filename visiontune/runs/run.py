@@ -11,6 +11,7 @@ import shutil
 import tempfile
 
 import keras
+import numpy as np
 
 from visiontune.training import caching, distribute, recipe, resume
 from visiontune.training.history import TrainingDivergedError
@@ -45,10 +46,16 @@ def run(config, callbacks=None):
     cache = _cache_mode(config)
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     strategy, described = distribute.make_strategy(config.distribute)
+    multiworker = distribute.is_multiworker(strategy)
+    if multiworker and not config.output:
+        raise ValueError("--distribute multiworker needs --output: one run directory on a "
+                         "filesystem that every worker sees, named the same on each (the "
+                         "default name holds the time, which differs between workers).")
     output = config.output or ("" if config.resume else rundir.default_run_dir(config.backbone))
-    chief = strategy is None or distribute.is_chief()
+    chief = strategy is None or distribute.is_chief(strategy)
+    shared = output  # The chief's run directory, whose backup every worker resumes from.
     if not chief and output:  # Only the chief writes the run directory; see `_worker_dir`.
-        output = _worker_dir(output)
+        output = _worker_dir(output, strategy)
     _check_names(config)  # Before the run directory exists: a typo must not block a retry.
     created = False
     if config.resume and (chief or os.path.isdir(output)):
@@ -66,12 +73,15 @@ def run(config, callbacks=None):
         n = distribute.replicas(strategy)
         say(f"Batch size {config.batch_size} is global: {config.batch_size / n:g} images per "
             f"replica on {n} replicas"
+            + (f", {config.batch_size * distribute.local_replicas(strategy) / n:g} per worker"
+               if multiworker else "")
             + (f"; learning rates scaled by {n} (--scale-lr)" if config.scale_lr else
                "; learning rates as given (--scale-lr multiplies them by the replicas)"))
+    backup = os.path.join(shared if multiworker else out, "backup")
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
-        metrics = _train(config, out, cache, callbacks, say, strategy)
+        metrics = _train(config, out, cache, callbacks, say, strategy, backup)
     except TrainingDivergedError:
         raise  # Its history.csv (and best.keras, if any) are what the user must see.
     except Exception:
@@ -103,16 +113,15 @@ def _discard_if_unstarted(out):
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _worker_dir(output):
+def _worker_dir(output, strategy):
     """A non-chief worker's scratch run directory, removed when its run finishes.
 
     Its name is fixed by the run's output and the worker's task, so a worker
-    restarted with `--resume` finds its backup again.
+    restarted with `--resume` finds it again.
     """
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    task_type, index, _ = distribute.task_of(strategy)
     key = hashlib.sha256(os.path.abspath(output).encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), f"visiontune-{task.get('type', 'worker')}-"
-                                               f"{task.get('index', 0)}-{key}")
+    return os.path.join(tempfile.gettempdir(), f"visiontune-{task_type}-{index}-{key}")
 
 
 def _cache_mode(config):
@@ -141,16 +150,22 @@ def _cache_mode(config):
     return "off" if varied else config.cache
 
 
-def _train(config, out, cache, callbacks, say, strategy=None):
+def _train(config, out, cache, callbacks, say, strategy=None, backup=None):
     """The run itself: data, model, the recipe, then the run directory's artifacts."""
     keras.utils.set_random_seed(config.seed)
     splits, model = _data_and_model(config, cache, say, strategy)
-    callbacks = [*(callbacks or []),
-                 keras.callbacks.ModelCheckpoint(os.path.join(out, "best.keras"),
-                                                 monitor="val_loss", save_best_only=True),
-                 keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+    multiworker = distribute.is_multiworker(strategy)
+    chief = distribute.is_chief(strategy)
+    if multiworker:
+        say(f"Split sha256 {_split_digest(splits)} (the same on every worker)")
+    callbacks = [*(callbacks or [])]
+    if chief:  # Other workers of a multi-worker run only lend their replicas.
+        callbacks += [keras.callbacks.ModelCheckpoint(os.path.join(out, "best.keras"),
+                                                      monitor="val_loss", save_best_only=True),
+                      keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
     try:
-        history = _fine_tune(config, model, splits, out, cache, callbacks, strategy)
+        history = _fine_tune(config, model, splits, out, cache, callbacks, strategy,
+                             backup or os.path.join(out, "backup"))
     except TrainingDivergedError as error:
         artifacts.write_history_csv(os.path.join(out, "history.csv"), error.history)
         best = os.path.join(out, "best.keras")
@@ -158,6 +173,13 @@ def _train(config, out, cache, callbacks, say, strategy=None):
         kept = (f" The best checkpoint so far is kept at {os.path.abspath(best)}."
                 if os.path.exists(best) else " No epoch finished with a finite loss.")
         raise TrainingDivergedError(str(error) + kept, error.history) from None
+    if multiworker:
+        task_type, index, _ = distribute.task_of(strategy)
+        say(f"Final weights sha256 {weights_digest(model)} ({task_type} {index})")
+        if not chief:
+            return {"class_names": list(splits.class_names), "history": history.history}
+        # Keras's predict fails under the strategy too: score and save a plain copy.
+        model = _outside_strategy(model)
     metrics = artifacts.final_metrics(model, splits, history, out)
     metrics["settings"] = {"method": config.method, "precision": config.precision,
                            "jit_compile": config.jit_compile,
@@ -201,7 +223,32 @@ def _data_and_model(config, cache, say, strategy):
     return splits, model
 
 
-def _fine_tune(config, model, splits, out, cache, callbacks, strategy):
+def weights_digest(model):
+    """SHA-256 of the model's weights, bit for bit, in order: equal models, equal digests."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _split_digest(splits):
+    """SHA-256 of the training and validation file lists and labels."""
+    files = [(f.paths, [int(label) for label in np.asarray(f.labels).reshape(-1)])
+             if f is not None else None for f in (splits.train_files, splits.val_files)]
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+
+
+def _outside_strategy(model):
+    """The same model with plain variables, by a round trip through a `.keras` file."""
+    with tempfile.TemporaryDirectory(prefix="visiontune-") as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        # Outside the scope: one device's variables. The optimizer is not needed, and a
+        # per-block `MultiOptimizer` (--lr-decay) cannot be rebuilt from a file.
+        return keras.saving.load_model(path, compile=False)
+
+
+def _fine_tune(config, model, splits, out, cache, callbacks, strategy, backup):
     """`fine_tune` with the run's settings; rates scale with the replicas (`--scale-lr`)."""
     scale = distribute.replicas(strategy) if config.scale_lr else 1
     finetune_lr = config.finetune_lr
@@ -219,7 +266,7 @@ def _fine_tune(config, model, splits, out, cache, callbacks, strategy):
         lr_decay=config.lr_decay, gradual_epochs=config.gradual_epochs,
         cache=cache, cache_dir=os.path.join(out, "cache"),
         cache_copies=config.cache_copies, seed=config.seed,
-        backup_dir=os.path.join(out, "backup"), jit_compile=config.jit_compile,
+        backup_dir=backup, jit_compile=config.jit_compile,
         strategy=strategy,
         verbose=0 if config.quiet else "auto",
         class_weight=splits.class_weight() if config.class_weight == "balanced" else None)

@@ -1,4 +1,5 @@
-"""Running one phase: what trains, whether to cache, compiling, and Keras's `fit`."""
+"""Running one phase: what trains, whether to cache, compiling, and Keras's `fit`
+(or, across machines, `worker_loop.fit_on_workers`)."""
 
 import contextlib
 import math
@@ -10,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from visiontune.common import keras_private, targets
-from visiontune.training import caching, callbacks as phase_callbacks, distribute, optimizers
+from visiontune.training import (caching, callbacks as phase_callbacks, distribute, optimizers,
+                                 worker_loop)
 from visiontune.training.history import TrainingDivergedError
 from visiontune.tuning import adapters, freezing
 
@@ -20,16 +22,19 @@ _WHAT_TRAINS = {"two-phase": "unfrozen", "bn-bias": "with trainable BatchNorm an
 
 def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight=None,
               label_smoothing=0.0, cache="off", cache_dir=None, cache_copies=1, shuffle=True,
-              seed=None, journal=None, jit_compile=False, strategy=None, verbose="auto"):
+              seed=None, journal=None, jit_compile=False, strategy=None, epochs_elsewhere=0,
+              verbose="auto"):
     """Sets the trainable blocks, compiles, and fits one phase after `history`'s epochs.
 
     With `cache` other than `"off"`, the fixed part of the network is run once
     (`caching.plan` says where it ends, and why it did or did not cache) and
     `fit` trains the rest on its output. With a `journal`, the phase can be
-    resumed (see `resume.py`).
+    resumed (see `resume.py`). `epochs_elsewhere` counts the epochs before this
+    phase that an earlier process ran (see `worker_loop.fit_on_workers`).
     """
     began = time.perf_counter()
-    trainable, report = _set_trainable(model, phase)
+    with distribute.scope(strategy):  # LoRA adapters are variables: they belong there too.
+        trainable, report = _set_trainable(model, phase)
     copies = cache_copies if phase.unfreeze_blocks == 0 else 1
     plan = _cache_plan(model, phase, train, val, cache, cache_copies, copies, strategy)
     if verbose != 0:
@@ -49,15 +54,27 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
         train, val = _compile(model, trainer, phase, train, val, label_smoothing,
                               jit_compile, strategy)
         start = len(history.epoch)
-        callbacks.append(keras.callbacks.TerminateOnNaN())
-        finished = []
-        if journal:
-            callbacks += journal.callbacks(phase)
-            finished = journal.finished_epochs(phase, start)
-            callbacks = phase_callbacks.resumed_best(callbacks, history, finished) + callbacks
-        # Or a later phase on the same model would start at the restored epoch.
-        keras_private.clear_initial_epoch(trainer)
-        with distribute.known_failures(strategy):
+        finished, checkpoints = [], None
+        if distribute.is_multiworker(strategy):
+            # Keras's fit fails here (keras-team/keras#20585): visiontune's loop trains,
+            # and stops on a NaN loss itself.
+            if journal:
+                checkpoints = journal.checkpoints(phase)
+                callbacks += journal.epoch_log(phase)
+                finished = journal.finished_epochs(phase, start, worker_loop=True)
+                callbacks = phase_callbacks.resumed_best(callbacks, history, finished) + callbacks
+            result = worker_loop.fit_on_workers(
+                trainer, train, val, strategy=strategy, initial_epoch=start,
+                epochs=start + phase.epochs, callbacks=callbacks, class_weight=class_weight,
+                checkpoints=checkpoints, epochs_elsewhere=epochs_elsewhere, verbose=verbose)
+        else:
+            callbacks.append(keras.callbacks.TerminateOnNaN())
+            if journal:
+                callbacks += journal.callbacks(phase)
+                finished = journal.finished_epochs(phase, start)
+                callbacks = phase_callbacks.resumed_best(callbacks, history, finished) + callbacks
+            # Or a later phase on the same model would start at the restored epoch.
+            keras_private.clear_initial_epoch(trainer)
             result = trainer.fit(**_as_fit_inputs(train), validation_data=val,
                                  initial_epoch=start, epochs=start + phase.epochs,
                                  callbacks=callbacks, class_weight=class_weight,

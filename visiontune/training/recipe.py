@@ -11,7 +11,7 @@ import hashlib
 import json
 
 from visiontune.common import checks
-from visiontune.training import caching, resume
+from visiontune.training import caching, distribute, resume
 from visiontune.training.fit import run_phase
 from visiontune.training.history import PhasedHistory
 from visiontune.training.phases import Phase, finetune_phases
@@ -135,6 +135,11 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
         strategy: A `tf.distribute` strategy, or `None`. Build `model` inside
             its scope; each phase compiles inside it. Batches are global
             (split over the replicas). Caching is off under a strategy.
+            Under `MultiWorkerMirroredStrategy` every worker makes the same
+            call; `worker_loop.py` trains instead of `fit` (which fails
+            there), `callbacks` run on every worker, and `backup_dir` must be
+            one folder on a filesystem that every worker sees: the chief
+            writes it, and the others read it to resume.
         verbose: Passed to `fit`.
 
     Returns:
@@ -161,15 +166,27 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
         # Fail before any training.
         freezing.check_block_count(model, phase.unfreeze_blocks, phase.block_patterns)
     history = PhasedHistory()
-    journal = resume.Journal(backup_dir) if backup_dir else None
-    done = _resume(journal, model, phases, history, verbose, label_smoothing=label_smoothing,
-                   class_weight=class_weight, cache_copies=cache_copies, shuffle=shuffle,
-                   seed=seed)
+    journal = None
+    if backup_dir and distribute.is_multiworker(strategy):
+        journal = resume.Journal.for_task(backup_dir, distribute.task_of(strategy))
+    elif backup_dir:
+        journal = resume.Journal(backup_dir)
+    if distribute.is_multiworker(strategy) and not distribute.is_chief(strategy):
+        verbose = 0  # The chief shows the progress; every worker logs the same.
+    with distribute.scope(strategy):  # A resumed LoRA phase's adapters are variables.
+        done = _resume(journal, model, phases, history, verbose,
+                       label_smoothing=label_smoothing, class_weight=class_weight,
+                       cache_copies=cache_copies, shuffle=shuffle, seed=seed)
+    elsewhere = len(history.epoch)  # Restored epochs, which this process did not run.
     for phase in (p for p in phases if p.epochs and p.name not in done):
         run_phase(model, phase, train, val, history, callbacks=callbacks,
                   class_weight=class_weight, label_smoothing=label_smoothing, cache=cache,
                   cache_dir=cache_dir, cache_copies=cache_copies, shuffle=shuffle, seed=seed,
-                  journal=journal, jit_compile=jit_compile, strategy=strategy, verbose=verbose)
+                  journal=journal, jit_compile=jit_compile, strategy=strategy,
+                  epochs_elsewhere=elsewhere, verbose=verbose)
+        elsewhere = 0
+    if journal:
+        journal.close()
     return history
 
 

@@ -12,12 +12,20 @@ each phase compiles a new optimizer. So `Journal` adds what it lacks:
 - for LoRA phases, the adapters themselves (see `_KeepAdapters`);
 - the settings the run was started with (`settings.json`), so that a call with
   other settings is refused instead of continuing a different run.
+
+Across machines (`worker_loop.py`), `fit` and so `BackupAndRestore` cannot
+run: every worker saves a `tf.train.Checkpoint` after every epoch instead
+(`checkpoints`). The journal lives in the chief's run directory on the shared
+filesystem; only the chief writes it, and every worker reads it to know which
+phases are finished and which checkpoint to restore.
 """
 
 import glob
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -25,6 +33,7 @@ import numpy as np
 
 from visiontune.tuning import adapters
 from visiontune.common import atomic, forwarding, keras_private
+from visiontune.training import worker_loop as worker_loop_lib
 
 STATE = "state.json"
 SETTINGS = "settings.json"
@@ -37,11 +46,36 @@ def has_progress(folder):
 
 
 class Journal:
-    """Resume state of one `fine_tune` run, kept in `folder`."""
+    """Resume state of one `fine_tune` run, kept in `folder`.
 
-    def __init__(self, folder):
-        self.folder = folder
-        os.makedirs(folder, exist_ok=True)
+    With `writer=False` (a multi-worker run's other workers) it reads the
+    chief's journal and writes nothing there; its checkpoints go to `scratch`.
+    """
+
+    def __init__(self, folder, writer=True, scratch=None):
+        self.folder, self.writer = folder, writer
+        self.scratch = scratch or folder
+        if writer:
+            os.makedirs(folder, exist_ok=True)
+
+    @classmethod
+    def for_task(cls, folder, task):
+        """The journal of one task `(type, index, is chief)` of a multi-worker run.
+
+        Another worker's checkpoints go to a scratch folder named after the
+        journal's folder and the task, so a relaunched worker finds it again.
+        """
+        task_type, index, chief = task
+        if chief:
+            return cls(folder)
+        key = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:12]
+        return cls(folder, writer=False, scratch=os.path.join(
+            tempfile.gettempdir(), f"visiontune-checkpoints-{task_type}-{index}-{key}"))
+
+    def close(self):
+        """Removes this worker's scratch checkpoints (another worker's) once the run ends."""
+        if not self.writer:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def check_settings(self, settings):
         """Records `settings`; refuses to resume saved progress that was made with others.
@@ -61,7 +95,8 @@ class Journal:
             except FileNotFoundError:
                 pass
         if saved is None:
-            atomic.write_json(path, settings)
+            if self.writer:
+                atomic.write_json(path, settings)
             return
         before, now = _flatten(_renamed(saved)), _flatten(settings)
         changed = [f"{key} ({before.get(key, 'unset')} -> {now.get(key, 'unset')})"
@@ -101,18 +136,36 @@ class Journal:
         return [_EpochLog(self._log_path(phase)),
                 _BackupAndRestore(self._backup_dir(phase), double_checkpoint=True)]
 
-    def finished_epochs(self, phase, start):
-        """Logs of the epochs of `phase` that `BackupAndRestore` will not replay."""
+    def epoch_log(self, phase):
+        """The per-epoch log alone (the chief's), for `worker_loop`, which checkpoints
+        by itself."""
+        return [_EpochLog(self._log_path(phase))] if self.writer else []
+
+    def checkpoints(self, phase):
+        """Where `worker_loop` saves this worker's checkpoints of `phase`, and restores
+        the chief's from."""
+        return worker_loop_lib.Checkpoints(save_dir=os.path.join(self.scratch, phase.name),
+                                           restore_dir=self._backup_dir(phase))
+
+    def finished_epochs(self, phase, start, worker_loop=False):
+        """Logs of the epochs of `phase` that the restored backup will not replay:
+        Keras's `BackupAndRestore`, or with `worker_loop` the chief's checkpoint."""
         try:
             with open(self._log_path(phase), encoding="utf-8") as f:
                 logged = json.load(f)
-            restored = keras_private.backed_up_epoch(self._backup_dir(phase))
+            restored = (worker_loop_lib.restored_epoch(self._backup_dir(phase)) if worker_loop
+                        else keras_private.backed_up_epoch(self._backup_dir(phase)))
         except (OSError, ValueError, KeyError):
+            return []
+        if restored is None:
             return []
         return [entry for entry in logged if entry["epoch"] < restored][: restored - start]
 
     def phase_done(self, model, history):
-        """Records the weights and history after a phase, weights first."""
+        """Records the weights and history after a phase, weights first; then drops the
+        phase's checkpoints, which the recorded weights replace."""
+        if not self.writer:
+            return
         name = history.phases[-1]["name"]
         weights = f"after-{name}.weights.npz"
         with atomic.atomic_path(os.path.join(self.folder, weights)) as tmp:
@@ -121,6 +174,7 @@ class Journal:
         atomic.write_json(os.path.join(self.folder, STATE), {
             "completed": [p["name"] for p in history.phases], "weights": weights,
             "history": history.history, "epoch": history.epoch, "phases": history.phases})
+        shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
 
     def _log_path(self, phase):
         return os.path.join(self.folder, f"{phase.name}-epochs.json")
