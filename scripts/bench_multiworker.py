@@ -23,7 +23,6 @@ Results go to scripts/results/multiworker.json.
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,19 +57,17 @@ print(json.dumps({"median_s": sorted(times)[len(times) // 2]}))
 """
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+def tests_helpers():
+    """The test suite's helpers: a folder of small images, and free loopback ports."""
+    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+    import conftest
+
+    return conftest
 
 
 def launch(command, workers, logs):
     """Runs `command` as `workers` processes of one cluster; returns their outputs."""
-    hosts = [f"127.0.0.1:{port}" for port in free_ports(workers)]
+    hosts = [f"127.0.0.1:{port}" for port in tests_helpers().free_ports(workers)]
     processes = []
     for index in range(workers):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps(
@@ -116,9 +113,7 @@ def main():
         with open(RESULTS, encoding="utf-8") as f:
             print(json.dumps(json.load(f), indent=2))
         return
-    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-    from conftest import write_image_folder
-
+    write_image_folder = tests_helpers().write_image_folder
     with tempfile.TemporaryDirectory(prefix="bench-multiworker-") as tmp:
         data = write_image_folder(os.path.join(tmp, "photos"), args.images_per_class,
                                   size=args.image_size)

@@ -61,6 +61,19 @@ def color_images(n_per_class, size=32, classes=("red", "green", "blue"), seed=0)
             np.asarray(labels, "int32")[order])
 
 
+def free_ports(n):
+    """`n` free TCP ports on 127.0.0.1, for a cluster of local processes."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def write_image_folder(root, n_per_class=6, size=40, classes=("red", "green", "blue"), seed=0):
     """Writes a folder of class subfolders with small JPEG and PNG images."""
     x, y = color_images(n_per_class, size, classes, seed)

@@ -197,3 +197,27 @@ def test_no_other_module_imports_keras_internals():
                 importers.append(os.path.relpath(path, package))
     assert importers == []
     assert scanned > 50  # Every module, not one folder of them.
+
+
+def test_fit_draws_the_iterators_per_epoch_the_worker_loop_mirrors():
+    """Each iterator over a reshuffling dataset draws a new order; `fit` must see, per
+    epoch, the order `FIT_ITERATORS_PER_EPOCH` draws further on."""
+    import tensorflow as tf
+
+    def data():
+        return tf.data.Dataset.range(6).shuffle(6, seed=1, reshuffle_each_iteration=True)
+
+    orders = [[int(v) for v in ds] for ds in [data()] for _ in range(9)]
+    seen = []
+
+    class Record(keras.layers.Layer):
+        def call(self, x):
+            seen.append([int(v) for v in np.asarray(x).ravel()])
+            return x
+
+    model = keras.Sequential([keras.Input((1,)), Record(), keras.layers.Dense(1)])
+    model.compile("sgd", "mse", run_eagerly=True)
+    batches = data().map(lambda v: (tf.reshape(tf.cast(v, "float32"), [1]), 0.0)).batch(6)
+    model.fit(batches, epochs=3, verbose=0)
+    step = keras_private.FIT_ITERATORS_PER_EPOCH
+    assert seen == [orders[epoch * step] for epoch in range(3)]

@@ -54,25 +54,23 @@ def run_phase(model, phase, train, val, history, *, callbacks=None, class_weight
         train, val = _compile(model, trainer, phase, train, val, label_smoothing,
                               jit_compile, strategy)
         start = len(history.epoch)
+        # Across machines Keras's fit fails (keras-team/keras#20585): visiontune's loop
+        # trains, checkpoints, and stops on a NaN loss itself.
+        multiworker = distribute.is_multiworker(strategy)
+        if not multiworker:
+            callbacks.append(keras.callbacks.TerminateOnNaN())
         finished, checkpoints = [], None
-        if distribute.is_multiworker(strategy):
-            # Keras's fit fails here (keras-team/keras#20585): visiontune's loop trains,
-            # and stops on a NaN loss itself.
-            if journal:
-                checkpoints = journal.checkpoints(phase)
-                callbacks += journal.epoch_log(phase)
-                finished = journal.finished_epochs(phase, start, worker_loop=True)
-                callbacks = phase_callbacks.resumed_best(callbacks, history, finished) + callbacks
+        if journal:
+            callbacks += journal.callbacks(phase, worker_loop=multiworker)
+            finished = journal.finished_epochs(phase, start, worker_loop=multiworker)
+            checkpoints = journal.checkpoints(phase) if multiworker else None
+            callbacks = phase_callbacks.resumed_best(callbacks, history, finished) + callbacks
+        if multiworker:
             result = worker_loop.fit_on_workers(
                 trainer, train, val, strategy=strategy, initial_epoch=start,
                 epochs=start + phase.epochs, callbacks=callbacks, class_weight=class_weight,
                 checkpoints=checkpoints, epochs_elsewhere=epochs_elsewhere, verbose=verbose)
         else:
-            callbacks.append(keras.callbacks.TerminateOnNaN())
-            if journal:
-                callbacks += journal.callbacks(phase)
-                finished = journal.finished_epochs(phase, start)
-                callbacks = phase_callbacks.resumed_best(callbacks, history, finished) + callbacks
             # Or a later phase on the same model would start at the restored epoch.
             keras_private.clear_initial_epoch(trainer)
             result = trainer.fit(**_as_fit_inputs(train), validation_data=val,

@@ -131,15 +131,13 @@ class Journal:
         history.phases = [_renamed_method(p) for p in state["phases"]]
         return state["completed"]
 
-    def callbacks(self, phase):
-        """The per-epoch log and Keras's `BackupAndRestore` for `phase`, in that order."""
-        return [_EpochLog(self._log_path(phase)),
-                _BackupAndRestore(self._backup_dir(phase), double_checkpoint=True)]
-
-    def epoch_log(self, phase):
-        """The per-epoch log alone (the chief's), for `worker_loop`, which checkpoints
-        by itself."""
-        return [_EpochLog(self._log_path(phase))] if self.writer else []
+    def callbacks(self, phase, worker_loop=False):
+        """The per-epoch log (the chief's alone), then Keras's `BackupAndRestore`, which
+        `worker_loop` replaces with checkpoints of its own (`checkpoints`)."""
+        log = [_EpochLog(self._log_path(phase))] if self.writer else []
+        if worker_loop:
+            return log
+        return log + [_BackupAndRestore(self._backup_dir(phase), double_checkpoint=True)]
 
     def checkpoints(self, phase):
         """Where `worker_loop` saves this worker's checkpoints of `phase`, and restores

@@ -35,11 +35,9 @@ import os
 import shutil
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from visiontune.common import keras_private, targets
-from visiontune.training import distribute
 
 # What a collective op raises on a worker whose peer died or stopped answering.
 _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
@@ -85,10 +83,21 @@ def fit_on_workers(model, train, val, *, strategy, initial_epoch, epochs, callba
     """
     _check_callbacks(callbacks)
     optimizer = model.optimizer
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            "--precision mixed_float16 cannot train across workers: its loss scaling decides "
+            "on each worker alone whether the gradients are finite, and workers that "
+            "disagree wait on each other for ever. Use --precision float32 or mixed_bfloat16.")
+    if class_weight and targets.is_multi_label(model):
+        raise ValueError("class_weight needs single-label (softmax) classes; this model is "
+                         "multi-label (sigmoid). Leave class weights out.")
     with strategy.scope():  # Slots and the epoch counter are created where `fit` would.
         optimizer.build(model.trainable_variables)
         epoch_variable = tf.Variable(initial_epoch, dtype=tf.int64, trainable=False)
     manager, start = _restore(model, optimizer, epoch_variable, checkpoints)
+    # No worker goes on (and the chief, done with the phase, deletes its checkpoints)
+    # before every worker has restored.
+    _meet(strategy)
     # The training data reshuffles each time it is iterated, and `fit` iterates it twice
     # per epoch. This loop does the same, so that it sees `fit`'s batches; and a resumed
     # run passes over the iterations of the epochs that an earlier process ran, so that
@@ -113,7 +122,7 @@ def fit_on_workers(model, train, val, *, strategy, initial_epoch, epochs, callba
             callback_list.on_epoch_begin(epoch)
             logs = _run_epoch(distributed_train, train_step, callback_list, model)
             _draw_orders(train, keras_private.FIT_ITERATORS_PER_EPOCH - 1)
-            if distributed_val is not None and np.isfinite(logs["loss"]):
+            if distributed_val is not None:
                 logs.update(_validate(distributed_val, val_step, callback_list))
             callback_list.on_epoch_end(epoch, logs)
             epoch_variable.assign(epoch + 1)
@@ -121,6 +130,7 @@ def fit_on_workers(model, train, val, *, strategy, initial_epoch, epochs, callba
                 manager.save()  # On every worker: the save reads distributed variables.
             if model.stop_training:
                 break
+        optimizer.finalize_variable_values(model.trainable_variables)  # EMA, as `fit` ends.
         callback_list.on_train_end()
     except _PEER_ERRORS as error:
         raise WorkerLostError(
@@ -128,10 +138,17 @@ def fit_on_workers(model, train, val, *, strategy, initial_epoch, epochs, callba
             f": {str(error).splitlines()[0][:200]}). Every worker must run until the end; "
             "relaunch all of them with the same command and --resume (or the same "
             "backup_dir) to continue from the last finished epoch.") from None
-    optimizer.finalize_variable_values(model.trainable_variables)  # EMA, as `fit` ends.
     if checkpoints is not None and checkpoints.save_dir != checkpoints.restore_dir:
         shutil.rmtree(checkpoints.save_dir, ignore_errors=True)
     return history
+
+
+def _meet(strategy):
+    """Returns once every worker has called it: an all-reduce of one number."""
+    @tf.function
+    def meet():
+        return strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+    meet()
 
 
 def _draw_orders(data, count):
@@ -300,7 +317,3 @@ def _validate(distributed, step, callback_list):
     callback_list.on_test_end(logs)
     return {"val_" + key: value for key, value in logs.items()}
 
-
-def uses_worker_loop(strategy):
-    """Whether `strategy` needs this loop instead of Keras's `fit`."""
-    return distribute.is_multiworker(strategy)
