@@ -1,8 +1,9 @@
 """One worker against two on this machine: time per epoch, and the all-reduce per step.
 
 Runs `python -m visiontune.train --distribute multiworker` on 127.0.0.1 with a
-cluster of one worker, then of two, on the same folder, global batch and
-epochs (so the same steps), `--rounds` times in turn. For each it reports the
+cluster of one worker, then of two, and the plain one-process Keras `fit` path
+(`--distribute none --cache off`) as the baseline, on the same folder, global
+batch and epochs (so the same steps), `--rounds` times in turn. For each it reports the
 median over rounds of each phase's wall time per epoch, from the chief's
 `metrics.json` (the first epoch of a phase, which traces the step, included,
 as a user sees it). Then it
@@ -14,7 +15,7 @@ reports the median time per all-reduce for one and for two workers.
 On a machine with 2 cores two workers share those cores, so no speed-up is
 possible: this measures what distribution costs, not what it gains.
 
-    python scripts/bench_multiworker.py            # about 6 minutes here
+    python scripts/bench_multiworker.py            # about 8 minutes here
     python scripts/bench_multiworker.py --reuse    # print the stored results
 
 Results go to scripts/results/multiworker.json.
@@ -82,14 +83,21 @@ def launch(command, workers, logs):
     return outputs
 
 
-def epoch_times(data, workers, args, tmp):
-    """Per phase: seconds per epoch after the first, from the chief's metrics.json."""
-    output = os.path.join(tmp, f"run-{workers}-{time.time_ns()}")
+def epoch_times(data, setting, args, tmp):
+    """Per phase: wall seconds and epochs, from the chief's metrics.json.
+
+    `setting` is 1 or 2 (workers of the multi-worker loop) or "fit" (one
+    process, Keras fit, the same global batches, the frozen-part cache off as
+    it is under multiworker).
+    """
+    output = os.path.join(tmp, f"run-{setting}-{time.time_ns()}")
+    distribute = ["--distribute", "none", "--cache", "off"] if setting == "fit" else [
+        "--distribute", "multiworker"]
     launch([sys.executable, "-m", "visiontune.train", "--data", data, "--output", output,
             "--backbone", args.backbone, "--weights", "none", "--image-size",
             str(args.image_size), "--head-epochs", str(args.epochs), "--finetune-epochs",
-            str(args.epochs), "--batch-size", str(args.batch_size), "--quiet",
-            "--distribute", "multiworker"], workers, os.path.join(tmp, "failed.log"))
+            str(args.epochs), "--batch-size", str(args.batch_size), "--quiet", *distribute],
+           1 if setting == "fit" else setting, os.path.join(tmp, "failed.log"))
     with open(os.path.join(output, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
     return metrics["wall_time_s"], metrics["epochs"]
@@ -117,11 +125,11 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-multiworker-") as tmp:
         data = write_image_folder(os.path.join(tmp, "photos"), args.images_per_class,
                                   size=args.image_size)
-        per_epoch = {1: [], 2: []}
+        per_epoch = {"fit": [], 1: [], 2: []}
         for _ in range(args.rounds):
-            for workers in (1, 2):
-                walls, epochs = epoch_times(data, workers, args, tmp)
-                per_epoch[workers].append({p: walls[p] / epochs[p] for p in epochs})
+            for setting in per_epoch:
+                walls, epochs = epoch_times(data, setting, args, tmp)
+                per_epoch[setting].append({p: walls[p] / epochs[p] for p in epochs})
         allreduce = {}
         for workers in (1, 2):
             outputs = launch([sys.executable, "-c", _ALLREDUCE, str(args.allreduce_floats),
@@ -130,11 +138,13 @@ def main():
             allreduce[workers] = max(json.loads(o.strip().splitlines()[-1])["median_s"]
                                      for o in outputs)
     phases = list(per_epoch[1][0])
-    medians = {w: {p: statistics.median(r[p] for r in per_epoch[w]) for p in phases}
-               for w in (1, 2)}
+    medians = {s: {p: statistics.median(r[p] for r in per_epoch[s]) for p in phases}
+               for s in per_epoch}
     results = {
         "settings": vars(args) | {"cpus": os.cpu_count()},
-        "seconds_per_epoch": {f"{w} worker{'s' if w > 1 else ''}": medians[w] for w in (1, 2)},
+        "seconds_per_epoch": {"keras fit, one process": medians["fit"],
+                              "loop, 1 worker": medians[1], "loop, 2 workers": medians[2]},
+        "one_worker_loop_over_fit": {p: medians[1][p] / medians["fit"][p] for p in phases},
         "two_over_one": {p: medians[2][p] / medians[1][p] for p in phases},
         "allreduce_ms_per_step": {"1 worker": allreduce[1] * 1e3,
                                   "2 workers": allreduce[2] * 1e3},

@@ -416,3 +416,31 @@ def test_keras_fit_under_multiworker_strategy(tmp_path):
         for p in processes:
             p.kill()
     assert [p.returncode for p in processes] == [0, 0], results[0][1][-2000:]
+
+
+@pytest.mark.parametrize("finished_an_epoch", [False, True])
+def test_a_lost_worker_says_whether_there_is_anything_to_resume(tmp_path, monkeypatch,
+                                                                 finished_an_epoch):
+    """Before any epoch finished, the new run directory is removed, so the advice
+    cannot be --resume; after one, the directory and the advice stay."""
+    from visiontune.runs import config, run as run_lib
+    from visiontune.training.worker_loop import WorkerLostError
+
+    def lost(config, out, *args):
+        if finished_an_epoch:  # What the chief's first checkpoint leaves.
+            os.makedirs(os.path.join(out, "backup", "head"))
+        raise WorkerLostError("Lost contact with another worker (UnavailableError: gone).",
+                              "Relaunch all of them with the same command and --resume.")
+
+    monkeypatch.setattr(run_lib, "_train", lost)
+    output = tmp_path / "run"
+    with pytest.raises(WorkerLostError) as raised:
+        run_lib.run(config.TrainConfig(data=write_image_folder(str(tmp_path / "photos")),
+                                       output=str(output), quiet=True))
+    message = str(raised.value)
+    assert message.startswith("Lost contact with another worker (UnavailableError: gone).")
+    assert output.exists() == finished_an_epoch
+    if finished_an_epoch:
+        assert "--resume." in message and "nothing to resume" not in message
+    else:
+        assert "nothing to resume" in message and "without --resume" in message

@@ -15,6 +15,7 @@ import numpy as np
 
 from visiontune.training import caching, distribute, recipe, resume
 from visiontune.training.history import TrainingDivergedError
+from visiontune.training.worker_loop import WorkerLostError
 from visiontune.model import classifier
 from visiontune.runs import artifacts, config as config_lib, rundir
 from visiontune.data import sources as data, images
@@ -84,14 +85,18 @@ def run(config, callbacks=None):
         metrics = _train(config, out, cache, callbacks, say, strategy, backup)
     except TrainingDivergedError:
         raise  # Its history.csv (and best.keras, if any) are what the user must see.
-    except Exception:
+    except Exception as error:
         if created:  # Not on Ctrl-C: the user may want to look, or --resume.
             _discard_if_unstarted(out)
+        if isinstance(error, WorkerLostError) and not resume.has_progress(backup):
+            raise WorkerLostError(error.what_happened, (
+                "No epoch had finished, so there is nothing to resume: relaunch every worker "
+                "with the same command, without --resume.")) from None
         raise
     finally:
         keras.config.set_dtype_policy(policy)
-    if not chief:
-        shutil.rmtree(out, ignore_errors=True)
+        if not chief:  # Its scratch copy: every worker resumes from the chief's backup.
+            shutil.rmtree(out, ignore_errors=True)
     return metrics
 
 
@@ -114,10 +119,10 @@ def _discard_if_unstarted(out):
 
 
 def _worker_dir(output, strategy):
-    """A non-chief worker's scratch run directory, removed when its run finishes.
+    """A non-chief worker's scratch run directory, removed when its run ends, however.
 
-    Its name is fixed by the run's output and the worker's task, so a worker
-    restarted with `--resume` finds it again.
+    Nothing in it is needed to resume: every worker restores the chief's
+    checkpoints. Its name is fixed by the run's output and the worker's task.
     """
     task_type, index, _ = distribute.task_of(strategy)
     key = hashlib.sha256(os.path.abspath(output).encode()).hexdigest()[:12]

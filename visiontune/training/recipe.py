@@ -173,20 +173,22 @@ def fine_tune(model, train, val=None, *, head_epochs=30, head_lr=3e-3, finetune_
         journal = resume.Journal(backup_dir)
     if distribute.is_multiworker(strategy) and not distribute.is_chief(strategy):
         verbose = 0  # The chief shows the progress; every worker logs the same.
-    with distribute.scope(strategy):  # A resumed LoRA phase's adapters are variables.
-        done = _resume(journal, model, phases, history, verbose,
-                       label_smoothing=label_smoothing, class_weight=class_weight,
-                       cache_copies=cache_copies, shuffle=shuffle, seed=seed)
-    elsewhere = len(history.epoch)  # Restored epochs, which this process did not run.
-    for phase in (p for p in phases if p.epochs and p.name not in done):
-        run_phase(model, phase, train, val, history, callbacks=callbacks,
-                  class_weight=class_weight, label_smoothing=label_smoothing, cache=cache,
-                  cache_dir=cache_dir, cache_copies=cache_copies, shuffle=shuffle, seed=seed,
-                  journal=journal, jit_compile=jit_compile, strategy=strategy,
-                  epochs_elsewhere=elsewhere, verbose=verbose)
-        elsewhere = 0
-    if journal:
-        journal.close()
+    try:
+        with distribute.scope(strategy):  # A resumed LoRA phase's adapters are variables.
+            done = _resume(journal, model, phases, history, verbose,
+                           label_smoothing=label_smoothing, class_weight=class_weight,
+                           cache_copies=cache_copies, shuffle=shuffle, seed=seed)
+        elsewhere = len(history.epoch)  # Restored epochs, which this process did not run.
+        for phase in (p for p in phases if p.epochs and p.name not in done):
+            run_phase(model, phase, train, val, history, callbacks=callbacks,
+                      class_weight=class_weight, label_smoothing=label_smoothing, cache=cache,
+                      cache_dir=cache_dir, cache_copies=cache_copies, shuffle=shuffle,
+                      seed=seed, journal=journal, jit_compile=jit_compile, strategy=strategy,
+                      epochs_elsewhere=elsewhere, verbose=verbose)
+            elsewhere = 0
+    finally:
+        if journal:
+            journal.close()  # However the run ends: see `Journal.close`.
     return history
 
 

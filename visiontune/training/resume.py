@@ -63,7 +63,7 @@ class Journal:
         """The journal of one task `(type, index, is chief)` of a multi-worker run.
 
         Another worker's checkpoints go to a scratch folder named after the
-        journal's folder and the task, so a relaunched worker finds it again.
+        journal's folder and the task.
         """
         task_type, index, chief = task
         if chief:
@@ -73,7 +73,11 @@ class Journal:
             tempfile.gettempdir(), f"visiontune-checkpoints-{task_type}-{index}-{key}"))
 
     def close(self):
-        """Removes this worker's scratch checkpoints (another worker's) once the run ends."""
+        """Removes this worker's scratch checkpoints (another worker's) once the run ends.
+
+        However it ends: the collective save needs them written, but nothing reads
+        them back, since every worker restores the chief's.
+        """
         if not self.writer:
             shutil.rmtree(self.scratch, ignore_errors=True)
 

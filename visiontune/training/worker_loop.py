@@ -45,7 +45,14 @@ _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 
 
 class WorkerLostError(RuntimeError):
-    """A worker stopped answering during multi-worker training."""
+    """A worker stopped answering during multi-worker training.
+
+    `what_happened` is the message's first sentence, without the advice.
+    """
+
+    def __init__(self, what_happened, advice):
+        super().__init__(f"{what_happened} {advice}")
+        self.what_happened = what_happened
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,9 +142,10 @@ def fit_on_workers(model, train, val, *, strategy, initial_epoch, epochs, callba
     except _PEER_ERRORS as error:
         raise WorkerLostError(
             f"Lost contact with another worker during multi-worker training ({type(error).__name__}"
-            f": {str(error).splitlines()[0][:200]}). Every worker must run until the end; "
-            "relaunch all of them with the same command and --resume (or the same "
-            "backup_dir) to continue from the last finished epoch.") from None
+            f": {str(error).splitlines()[0][:200]}).",
+            "Every worker must run until the end; relaunch all of them with the same command "
+            "and --resume (or the same backup_dir) to continue from the last finished "
+            "epoch.") from None
     if checkpoints is not None and checkpoints.save_dir != checkpoints.restore_dir:
         shutil.rmtree(checkpoints.save_dir, ignore_errors=True)
     return history
