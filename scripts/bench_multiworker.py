@@ -4,9 +4,9 @@ Runs `python -m visiontune.train --distribute multiworker` on 127.0.0.1 with a
 cluster of one worker, then of two, and the plain one-process Keras `fit` path
 (`--distribute none --cache off`) as the baseline, on the same folder, global
 batch and epochs (so the same steps), `--rounds` times in turn. For each it reports the
-median over rounds of each phase's wall time per epoch, from the chief's
-`metrics.json` (the first epoch of a phase, which traces the step, included,
-as a user sees it). Then it
+median over rounds of each phase's wall time divided by its epochs, from the
+chief's `metrics.json` (tracing, compiling, restoring and checkpoint saves
+included, as a user waits for them). Then it
 times the collective alone: each worker all-reduces a float32 tensor the size
 of phase 2's trainable weights (`--allreduce-floats`) `--allreduce-steps`
 times inside `strategy.run`, as the loop's `apply_gradients` does, and

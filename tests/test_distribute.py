@@ -45,6 +45,35 @@ if sys.argv[3] == "cli":
         "--data", data, "--output", sys.argv[2] + "/run", "--backbone", "mobilenetv2",
         "--weights", "none", "--image-size", "32", "--head-epochs", "1", "--finetune-epochs",
         "1", "--batch-size", "8", "--quiet", "--distribute", "mirrored", "--scale-lr"]))
+if sys.argv[3] == "loop":  # The worker loop on two replicas of one worker, against fit.
+    from visiontune.training import optimizers, phases, worker_loop
+    from visiontune.tuning import freezing
+    from conftest import color_images
+    x, y = color_images(4, size=32)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    weights, logs = [], []
+    for scope in (None, strategy):
+        keras.utils.set_random_seed(0)  # Before the datasets: it sets their shuffle's seeds.
+        # 7 images in batches of 3: the last batch, 1 image, leaves one replica none.
+        train_ds = tf.data.Dataset.from_tensor_slices((x[:7], y[:7])).shuffle(
+            7, seed=1, reshuffle_each_iteration=True).batch(3)
+        val_ds = tf.data.Dataset.from_tensor_slices((x[7:], y[7:])).batch(3)
+        with distribute.scope(scope):
+            model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0, l2=1e-2)
+            freezing.set_trainable_blocks(model, 1)
+            optimizers.compile_for_phase(model, phases.Phase("finetune", 3, 1e-2, 1, "adam"))
+        kwargs = dict(epochs=3, class_weight={0: 2.0, 1: 1.0, 2: 0.5})
+        if scope is None:
+            history = model.fit(train_ds, validation_data=val_ds, verbose=0, **kwargs)
+        else:
+            history = worker_loop.fit_on_workers(model, train_ds, val_ds, strategy=strategy,
+                                                 initial_epoch=0, verbose=0, **kwargs)
+        weights.append(model.get_weights())
+        logs.append({k: [float(v) for v in vs] for k, vs in history.history.items()})
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(*weights))
+    print(json.dumps({"diff": diff, "fit": logs[0], "loop": logs[1],
+                      "replicas": strategy.num_replicas_in_sync}))
+    sys.exit(0)
 single, _ = run(None)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 mirrored, history = run(strategy)
@@ -128,6 +157,22 @@ def test_slurm_without_tf_config_gives_the_cluster(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]},
                                                 "task": {"type": "worker", "index": 0}}))
     assert distribute.cluster_resolver().cluster_spec().as_dict() == {"worker": ["a:1"]}
+
+
+def test_worker_loop_on_two_replicas_of_one_worker_trains_as_fit_does(tmp_path):
+    """A worker with two GPUs: the loop splits each batch between two replicas (here
+    two logical CPUs), including a last batch of one image, as one device's `fit`."""
+    import numpy as np
+
+    run = _two_cpus(tmp_path, "loop")
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["diff"] < 1e-5
+    assert set(result["loop"]) == set(result["fit"])
+    for key in result["fit"]:
+        np.testing.assert_allclose(result["loop"][key], result["fit"][key], rtol=1e-5,
+                                   err_msg=key)
 
 
 def test_worker_loop_trains_as_fit_does():
@@ -418,29 +463,64 @@ def test_keras_fit_under_multiworker_strategy(tmp_path):
     assert [p.returncode for p in processes] == [0, 0], results[0][1][-2000:]
 
 
-@pytest.mark.parametrize("finished_an_epoch", [False, True])
-def test_a_lost_worker_says_whether_there_is_anything_to_resume(tmp_path, monkeypatch,
-                                                                 finished_an_epoch):
-    """Before any epoch finished, the new run directory is removed, so the advice
-    cannot be --resume; after one, the directory and the advice stay."""
+def test_a_run_that_lost_a_worker_before_any_epoch_can_be_resumed(tmp_path, monkeypatch):
+    """A lost worker's message says to relaunch with --resume, so the new run directory
+    is kept even with no epoch finished (another failure then removes it); the
+    relaunch with --resume is accepted and trains."""
     from visiontune.runs import config, run as run_lib
     from visiontune.training.worker_loop import WorkerLostError
 
-    def lost(config, out, *args):
-        if finished_an_epoch:  # What the chief's first checkpoint leaves.
-            os.makedirs(os.path.join(out, "backup", "head"))
-        raise WorkerLostError("Lost contact with another worker (UnavailableError: gone).",
-                              "Relaunch all of them with the same command and --resume.")
+    trained = []
 
+    def lost(config, out, *args):
+        raise WorkerLostError("Lost contact with another worker (UnavailableError: gone).")
+
+    def failed(config, out, *args):
+        raise ValueError("not a lost worker")
+
+    def trains(config, out, *args):
+        trained.append(config.resume)
+        return {}
+
+    data = write_image_folder(str(tmp_path / "photos"))
+
+    def make(output, **kw):
+        return config.TrainConfig(data=data, output=str(output), quiet=True, **kw)
+
+    monkeypatch.setattr(run_lib, "_train", failed)
+    with pytest.raises(ValueError):
+        run_lib.run(make(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()  # Nothing worth keeping, nothing to block.
     monkeypatch.setattr(run_lib, "_train", lost)
+    with pytest.raises(WorkerLostError):
+        run_lib.run(make(tmp_path / "run"))
+    assert (tmp_path / "run" / "config.yaml").exists()
+    monkeypatch.setattr(run_lib, "_train", trains)
+    run_lib.run(make(tmp_path / "run", resume=True))
+    assert trained == [True]
+
+
+def test_tf_config_does_not_make_a_mirrored_run_a_scratch_copy(tmp_path, monkeypatch):
+    """TF_CONFIG naming this machine worker 1 (a cluster's environment) must not turn a
+    one-process `mirrored` run into another worker's scratch copy, written to the
+    temporary folder and deleted."""
+    import tensorflow as tf
+    from visiontune.runs import config, run as run_lib
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps(
+        {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+         "task": {"type": "worker", "index": 1}}))
+    monkeypatch.setattr(distribute, "make_strategy", lambda name: (
+        tf.distribute.MirroredStrategy(["/cpu:0"]), "mirrored on /cpu:0"))
+    written = []
+
+    def trains(config, out, *args):
+        written.append(out)
+        return {}
+
+    monkeypatch.setattr(run_lib, "_train", trains)
     output = tmp_path / "run"
-    with pytest.raises(WorkerLostError) as raised:
-        run_lib.run(config.TrainConfig(data=write_image_folder(str(tmp_path / "photos")),
-                                       output=str(output), quiet=True))
-    message = str(raised.value)
-    assert message.startswith("Lost contact with another worker (UnavailableError: gone).")
-    assert output.exists() == finished_an_epoch
-    if finished_an_epoch:
-        assert "--resume." in message and "nothing to resume" not in message
-    else:
-        assert "nothing to resume" in message and "without --resume" in message
+    run_lib.run(config.TrainConfig(data=write_image_folder(str(tmp_path / "photos")),
+                                   output=str(output), distribute="mirrored", quiet=True))
+    assert written == [str(output)]
+    assert (output / "config.yaml").exists()

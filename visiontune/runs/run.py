@@ -53,7 +53,9 @@ def run(config, callbacks=None):
                          "filesystem that every worker sees, named the same on each (the "
                          "default name holds the time, which differs between workers).")
     output = config.output or ("" if config.resume else rundir.default_run_dir(config.backbone))
-    chief = strategy is None or distribute.is_chief(strategy)
+    # TF_CONFIG names a chief only for a multi-worker strategy: under `mirrored` on a
+    # machine whose environment sets it, this process is still the only one.
+    chief = not multiworker or distribute.is_chief(strategy)
     shared = output  # The chief's run directory, whose backup every worker resumes from.
     if not chief and output:  # Only the chief writes the run directory; see `_worker_dir`.
         output = _worker_dir(output, strategy)
@@ -86,12 +88,11 @@ def run(config, callbacks=None):
     except TrainingDivergedError:
         raise  # Its history.csv (and best.keras, if any) are what the user must see.
     except Exception as error:
-        if created:  # Not on Ctrl-C: the user may want to look, or --resume.
+        # Not on Ctrl-C: the user may want to look, or --resume. Nor when a worker was
+        # lost: its message says to relaunch with --resume, which needs config.yaml (and
+        # with no epoch finished, starts over).
+        if created and not isinstance(error, WorkerLostError):
             _discard_if_unstarted(out)
-        if isinstance(error, WorkerLostError) and not resume.has_progress(backup):
-            raise WorkerLostError(error.what_happened, (
-                "No epoch had finished, so there is nothing to resume: relaunch every worker "
-                "with the same command, without --resume.")) from None
         raise
     finally:
         keras.config.set_dtype_policy(policy)
@@ -160,7 +161,7 @@ def _train(config, out, cache, callbacks, say, strategy=None, backup=None):
     keras.utils.set_random_seed(config.seed)
     splits, model = _data_and_model(config, cache, say, strategy)
     multiworker = distribute.is_multiworker(strategy)
-    chief = distribute.is_chief(strategy)
+    chief = not multiworker or distribute.is_chief(strategy)
     if multiworker:
         say(f"Split sha256 {_split_digest(splits)} (the same on every worker)")
     callbacks = [*(callbacks or [])]

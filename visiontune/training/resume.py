@@ -78,7 +78,7 @@ class Journal:
         However it ends: the collective save needs them written, but nothing reads
         them back, since every worker restores the chief's.
         """
-        if not self.writer:
+        if not self.writer and self.scratch != self.folder:  # Never the chief's journal.
             shutil.rmtree(self.scratch, ignore_errors=True)
 
     def check_settings(self, settings):

@@ -45,14 +45,7 @@ _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 
 
 class WorkerLostError(RuntimeError):
-    """A worker stopped answering during multi-worker training.
-
-    `what_happened` is the message's first sentence, without the advice.
-    """
-
-    def __init__(self, what_happened, advice):
-        super().__init__(f"{what_happened} {advice}")
-        self.what_happened = what_happened
+    """A worker stopped answering during multi-worker training."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +135,9 @@ def fit_on_workers(model, train, val, *, strategy, initial_epoch, epochs, callba
     except _PEER_ERRORS as error:
         raise WorkerLostError(
             f"Lost contact with another worker during multi-worker training ({type(error).__name__}"
-            f": {str(error).splitlines()[0][:200]}).",
-            "Every worker must run until the end; relaunch all of them with the same command "
-            "and --resume (or the same backup_dir) to continue from the last finished "
-            "epoch.") from None
+            f": {str(error).splitlines()[0][:200]}). Every worker must run until the end; "
+            "relaunch all of them with the same command and --resume (or the same "
+            "backup_dir) to continue from the last finished epoch.") from None
     if checkpoints is not None and checkpoints.save_dir != checkpoints.restore_dir:
         shutil.rmtree(checkpoints.save_dir, ignore_errors=True)
     return history
@@ -260,27 +252,34 @@ def _steps(model, strategy, class_weight, train_spec, val_spec):
     def penalties():
         return tf.add_n(model.losses) / replicas if model.losses else 0.0
 
+    def sums(x, y, training):
+        """The batch's (class-weighted) loss sum, right answers and images; zeros for a
+        replica whose slice is empty (a last batch smaller than the replicas), which
+        the model is not called on: TensorFlow's CPU convolutions fail on zero images."""
+        def forward():
+            losses, correct, labels = per_image(y, model(x, training=training))
+            sample_weight = (tf.gather(weights, labels) if training and weights is not None
+                             else tf.ones_like(losses))
+            # Keras 3.15's fit weights the loss by class, but not the accuracy it logs.
+            return (tf.reduce_sum(losses * sample_weight), tf.reduce_sum(correct),
+                    tf.cast(tf.size(correct), tf.float32))
+
+        return tf.cond(tf.shape(x)[0] > 0, forward, lambda: (tf.constant(0.0),) * 3)
+
     def train_step(x, y, count):
         with tf.GradientTape() as tape:
-            y_pred = model(x, training=True)
-            losses, correct, labels = per_image(y, y_pred)
-            sample_weight = (tf.gather(weights, labels) if weights is not None
-                             else tf.ones_like(losses))
+            total, right, seen = sums(x, y, training=True)
             # Keras's mean over the batch divides the weighted sum by the image count.
-            loss = tf.reduce_sum(losses * sample_weight) / tf.cast(count, tf.float32)
-            loss += penalties()
+            loss = total / tf.cast(count, tf.float32) + penalties()
             scaled = model.optimizer.scale_loss(loss)
         variables = model.trainable_variables
-        gradients = tape.gradient(scaled, variables)
+        gradients = tape.gradient(scaled, variables)  # Zeros through an empty slice.
         model.optimizer.apply_gradients(zip(gradients, variables))
-        # Keras 3.15's fit weights the loss by class, but not the accuracy it logs.
-        return loss, tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32)
+        return loss, right, seen
 
     def val_step(x, y, count):
-        y_pred = model(x, training=False)
-        losses, correct, _ = per_image(y, y_pred)
-        loss = tf.reduce_sum(losses) / tf.cast(count, tf.float32) + penalties()
-        return loss, tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32)
+        total, right, seen = sums(x, y, training=False)
+        return total / tf.cast(count, tf.float32) + penalties(), right, seen
 
     def distributed(step, spec):
         if spec is None:
