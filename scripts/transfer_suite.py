@@ -79,9 +79,9 @@ BASELINE_MODULES = ("data/sources.py", "data/splits.py", "data/images.py", "data
 # log lines): editing them reruns nothing.
 NOT_TRAINING = ("cli", "export/serving.py", "export/parity.py", "export/__main__.py",
                 "data/doctor.py", "training/lr_find.py", "training/compare.py",
-                "evaluation/plots.py", "evaluation/interpolate.py", "common/quiet_start.py",
-                "train.py", "predict.py", "evaluate.py", "doctor.py", "lr_find.py",
-                "interpolate.py")
+                "evaluation/plots.py", "evaluation/interpolate.py", "evaluation/explain.py",
+                "common/quiet_start.py", "train.py", "predict.py", "evaluate.py", "doctor.py",
+                "lr_find.py", "interpolate.py", "explain.py")
 
 
 def _within(relative_path, names):

@@ -94,7 +94,7 @@ def test_public_names_come_from_the_top_level():
              "freeze_backbone", "interpolate", "list_backbones", "load_data",
              "load_image_folder", "lr_find", "merge_lora", "trainable_summary",
              "unfreeze_top_blocks"}  # Before the restructure.
-    added = {"TrainConfig", "run", "save_model", "compare_methods"}
+    added = {"TrainConfig", "run", "save_model", "compare_methods", "explain"}
     assert names | added <= set(visiontune.__all__)
     assert visiontune.run.__module__ == "visiontune.runs.run"
     assert visiontune.TrainConfig.__module__ == "visiontune.runs.config"
@@ -102,11 +102,13 @@ def test_public_names_come_from_the_top_level():
     assert visiontune.compare_methods.__module__ == "visiontune.training.compare"
     # The functions keep their names although commands of the same names exist.
     assert callable(visiontune.interpolate) and callable(visiontune.lr_find)
+    assert callable(visiontune.explain)
+    assert visiontune.explain.__module__ == "visiontune.evaluation.explain"
     assert visiontune.interpolate.__module__ == "visiontune.evaluation.interpolate"
     assert visiontune.lr_find.__module__ == "visiontune.training.lr_find"
 
 
-@pytest.mark.parametrize("command", ["interpolate", "lr_find"])
+@pytest.mark.parametrize("command", ["interpolate", "lr_find", "explain"])
 def test_commands_named_like_functions_run_without_the_runpy_warning(command):
     """The old layout needed a warnings filter: `visiontune/__init__.py` imported these
     modules before `python -m` ran them. Now nothing does, and warnings are errors here."""

@@ -18,6 +18,7 @@ from visiontune.backbones.registry import BACKBONES, BackboneSpec, list_backbone
 from visiontune.backbones.weights import WeightsUnavailableError  # noqa: E402
 from visiontune.common.version import __version__  # noqa: E402, F401
 from visiontune.data.sources import load_data, load_image_folder  # noqa: E402
+from visiontune.evaluation.explain import explain  # noqa: E402
 from visiontune.evaluation.interpolate import interpolate  # noqa: E402
 from visiontune.export.saving import save_model  # noqa: E402
 from visiontune.model.classifier import build_classifier  # noqa: E402
@@ -48,6 +49,7 @@ __all__ = [
     "compare_methods",
     "count_blocks",
     "enable_lora",
+    "explain",
     "find_backbone",
     "fine_tune",
     "freeze_backbone",

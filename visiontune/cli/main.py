@@ -19,6 +19,7 @@ COMMANDS = {
     "doctor": ("visiontune.cli.doctor", "check a data folder before training"),
     "lr-find": ("visiontune.cli.lr_find", "learning-rate range test"),
     "interpolate": ("visiontune.cli.interpolate", "WiSE-FT sweep between phase 1 and the end"),
+    "explain": ("visiontune.cli.explain", "Grad-CAM overlays: where a finished run looks"),
 }
 
 

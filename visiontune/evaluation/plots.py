@@ -83,6 +83,27 @@ def image_grid(images, titles, path=None, wrong=None, cols=4):
     return _save(fig, path)
 
 
+def explanation_grid(images, heatmaps, titles, path=None, wrong=None, pairs_per_row=2):
+    """Each uint8 image beside its Grad-CAM heatmap over it (`explain.overlay`), with a
+    title each; `wrong` ones have their title in red."""
+    from visiontune.evaluation.explain import overlay
+
+    wrong = np.zeros(len(images), bool) if wrong is None else np.asarray(wrong)
+    cols = 2 * min(pairs_per_row, max(1, len(images)))
+    rows = max(1, int(np.ceil(2 * len(images) / cols)))
+    fig = Figure(figsize=(2.2 * cols, 2.5 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for i, (image, heatmap, title, bad) in enumerate(zip(images, heatmaps, titles, wrong)):
+        plain, explained = axes[2 * i], axes[2 * i + 1]
+        plain.imshow(np.asarray(image, dtype="uint8"))
+        plain.set_title(title, fontsize=8, color="red" if bad else "black", loc="left")
+        explained.imshow(overlay(image, heatmap))
+        explained.set_title("Grad-CAM", fontsize=8)
+    return _save(fig, path)
+
+
 def class_counts(counts, path=None):
     """Bar chart of images per class; `counts` maps a split name to `{class: count}`."""
     names = list(next(iter(counts.values())))
