@@ -28,25 +28,28 @@ def main(argv=None):
                         help="replace overlays already in --output")
     quiet_start.add_flag(parser)
     args = parser.parse_args(argv)
+    from visiontune.evaluation import explain, plots
+
     try:
         model, class_names, resize = serving.load_run(args.run_dir)
+        if len(class_names) != model.output_shape[-1]:
+            raise ValueError(f"{args.run_dir!r}: labels.txt names {len(class_names)} classes "
+                             f"but model.keras has {model.output_shape[-1]} outputs.")
         class_index = _class_index(args.class_name, class_names)
         paths, bad = serving.image_paths(args.inputs)
         if not paths:
             raise ValueError(f"No readable images in {args.inputs}.")
         targets = _targets(paths, args.output, args.overwrite)
+        os.makedirs(args.output, exist_ok=True)
         pixels = serving.load_images(paths, model.input_shape[1:3], resize)
+        heatmaps = explain.explain(model, pixels, class_index)
     except (ValueError, OSError) as error:
         print(f"visiontune.explain: error: {error}", file=sys.stderr)
         return 2
     if bad:
         print(images.format_bad_files(bad), file=sys.stderr)
-    from visiontune.evaluation import explain, plots
-
     probabilities = model.predict(pixels, verbose=0)
-    heatmaps = explain.explain(model, pixels, class_index)
     chosen = probabilities.argmax(axis=1) if class_index is None else [class_index] * len(paths)
-    os.makedirs(args.output, exist_ok=True)
     for path, target, image, heatmap, row, k in zip(paths, targets, pixels, heatmaps,
                                                     probabilities, chosen):
         predicted = row.argmax()
@@ -69,15 +72,16 @@ def _class_index(name, class_names):
 
 
 def _targets(paths, output, overwrite):
-    """One overlay file per image, named after it; refuses to replace existing ones."""
+    """One overlay file per image, named after it (`<name>-2.gradcam.png` for the second
+    image of the same name, in another folder); refuses to replace existing ones."""
     targets, used = [], set()
     for path in paths:
         stem = os.path.splitext(os.path.basename(path))[0]
         name, n = f"{stem}.gradcam.png", 1
-        while name in used:  # The same file name in two folders.
+        while name.lower() in used:  # Case too: some filesystems ignore it.
             n += 1
             name = f"{stem}-{n}.gradcam.png"
-        used.add(name)
+        used.add(name.lower())
         targets.append(os.path.join(output, name))
     existing = [t for t in targets if os.path.exists(t)]
     if existing and not overwrite:

@@ -7,17 +7,16 @@ where the score is the class's logit (before softmax or sigmoid); the map is
 ReLU(sum_k weight_k A_k), upsampled to the image and scaled to [0, 1].
 
 Written here because Keras has no Grad-CAM (keras.io has it as an example
-script, for one Xception layer by name). The classifier is split at its
-backbone with public Keras alone: `keras.models.clone_model` with the layers
-themselves (so the same weights) and a `call_function` that keeps the
-backbone's output, then a second model from that output to the head's.
+script, for one Xception layer by name). The classifier is cut at its
+backbone's output, the tensor of the classifier's own call of it, as
+`training/caching.py` cuts it: two models that share its layers and weights.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from visiontune.model import classifier
+from visiontune.common import keras_private
 from visiontune.tuning import freezing
 
 
@@ -54,14 +53,15 @@ def explain(model, images, class_index=None, batch_size=32):
                          f"{expected[0]}x{expected[1]}. Resize them first (as "
                          "`python -m visiontune.explain` does).")
     classes = _class_indices(class_index, len(images), model.output_shape[-1])
-    features_of, scores_of = _split_at_backbone(model)
+    features_of, hidden_of, output_layer = _split_at_backbone(model)
     maps = []
     for start in range(0, len(images), batch_size):
         x = tf.convert_to_tensor(images[start:start + batch_size], dtype=tf.float32)
         features = tf.cast(features_of(x, training=False), tf.float32)
         with tf.GradientTape() as tape:
             tape.watch(features)
-            scores = tf.cast(scores_of(features, training=False), tf.float32)
+            hidden = tf.cast(hidden_of(features, training=False), tf.float32)
+            scores = _logits(output_layer, hidden)
             chosen = (tf.argmax(scores, axis=-1, output_type=tf.int32) if classes is None
                       else tf.constant(classes[start:start + batch_size], tf.int32))
             score = tf.gather(scores, chosen, batch_dims=1)
@@ -89,42 +89,31 @@ def _class_indices(class_index, count, num_classes):
 
 
 def _split_at_backbone(model):
-    """Two models sharing `model`'s layers: image -> backbone feature map, and feature
-    map -> class scores (the output layer's logits when it is a softmax or sigmoid
-    Dense, as `build_classifier` makes it; else the model's outputs)."""
+    """Two models sharing `model`'s layers, and its output layer: image -> backbone
+    feature map, and feature map -> the input of the output layer, whose logits
+    `explain` computes itself (`_logits`)."""
     backbone = freezing.find_backbone(model)
-    output_layer = _output_dense(model)
-    kept = {}
-
-    def call(layer, *args, **kwargs):
-        if layer is output_layer:  # Its logits: the same Dense without the activation.
-            hidden = args[0]
-            kept["scores"] = keras.ops.matmul(hidden, layer.kernel) + layer.bias
-        outputs = layer(*args, **kwargs)
-        if layer is backbone:
-            kept["features"] = outputs
-        return outputs
-
-    clone = keras.models.clone_model(model, clone_function=lambda layer: layer,
-                                     call_function=call)
-    if "features" not in kept:
-        raise ValueError(f"Could not find the output of backbone {backbone.name!r} in "
-                         f"model {model.name!r}.")
-    features_of = keras.Model(clone.inputs, kept["features"])
-    scores_of = keras.Model(kept["features"], kept.get("scores", clone.outputs[0]))
-    return features_of, scores_of
+    output_layer = model.layers[-1]
+    activation = getattr(getattr(output_layer, "activation", None), "__name__", "")
+    if not (isinstance(output_layer, keras.layers.Dense) and activation in ("softmax",
+                                                                             "sigmoid")):
+        raise ValueError(
+            f"Grad-CAM needs the class logits: the last layer of model {model.name!r} must be "
+            f"a Dense layer with a softmax or sigmoid activation, as `build_classifier` makes "
+            f"it. It is {type(output_layer).__name__} {output_layer.name!r}"
+            f"{f' ({activation})' if activation else ''}.")
+    # The classifier's own call of each: `keras_private.call_tensors` says why it is private.
+    features = keras_private.call_tensors(backbone)[1][0]
+    hidden = keras_private.call_tensors(output_layer)[0][0]
+    return keras.Model(model.inputs, features), keras.Model(features, hidden), output_layer
 
 
-def _output_dense(model):
-    """The head's softmax or sigmoid Dense, whose logits Grad-CAM differentiates."""
-    try:
-        layer = model.get_layer(f"{classifier.HEAD_PREFIX}output")
-    except ValueError:
-        return None
-    activation = getattr(getattr(layer, "activation", None), "__name__", "")
-    if isinstance(layer, keras.layers.Dense) and activation in ("softmax", "sigmoid"):
-        return layer
-    return None
+def _logits(output_layer, hidden):
+    """The output Dense without its activation (`kernel` includes any LoRA adapter)."""
+    logits = keras.ops.matmul(hidden, keras.ops.cast(output_layer.kernel, hidden.dtype))
+    if output_layer.bias is not None:
+        logits = logits + keras.ops.cast(output_layer.bias, hidden.dtype)
+    return logits
 
 
 def overlay(image, heatmap, alpha=0.45):
