@@ -198,7 +198,8 @@ def _distribute(strategy, data):
 
     Every worker iterates the same global batches (the data is built the same
     way from the same seed on each) and keeps rows `[lo, hi)` of each for each
-    of its replicas, with the global batch's size beside them for the loss.
+    of its replicas, with a weight per row (1, or 0 for a stand-in) and the
+    global batch's size beside them for the loss.
     """
     replicas = strategy.num_replicas_in_sync
 
@@ -212,7 +213,15 @@ def _distribute(strategy, data):
             def one(replica):
                 lo = count * (first + tf.cast(replica, tf.int32)) // replicas
                 hi = count * (first + tf.cast(replica, tf.int32) + 1) // replicas
-                return x[lo:hi], y[lo:hi], count
+                # A last batch smaller than the replicas leaves some of them no rows.
+                # They get the batch's first row with weight 0 instead: the model is not
+                # called on zero images (TensorFlow's CPU convolutions fail on them), the
+                # row adds nothing to the loss, gradients or logs, and the step has no
+                # branch (a tf.cond around the model made phase 1 half as slow again).
+                empty = hi <= lo
+                lo, hi = tf.where(empty, 0, lo), tf.where(empty, 1, hi)
+                kept = tf.fill([hi - lo], tf.where(empty, 0.0, 1.0))
+                return x[lo:hi], y[lo:hi], kept, count
 
             return tf.data.Dataset.range(local).map(one)
 
@@ -252,33 +261,29 @@ def _steps(model, strategy, class_weight, train_spec, val_spec):
     def penalties():
         return tf.add_n(model.losses) / replicas if model.losses else 0.0
 
-    def sums(x, y, training):
-        """The batch's (class-weighted) loss sum, right answers and images; zeros for a
-        replica whose slice is empty (a last batch smaller than the replicas), which
-        the model is not called on: TensorFlow's CPU convolutions fail on zero images."""
-        def forward():
-            losses, correct, labels = per_image(y, model(x, training=training))
-            sample_weight = (tf.gather(weights, labels) if training and weights is not None
-                             else tf.ones_like(losses))
-            # Keras 3.15's fit weights the loss by class, but not the accuracy it logs.
-            return (tf.reduce_sum(losses * sample_weight), tf.reduce_sum(correct),
-                    tf.cast(tf.size(correct), tf.float32))
+    def sums(x, y, kept, training):
+        """The slice's (class-weighted) loss sum, right answers and images; `kept` is 0
+        for the stand-in row of a replica without images (see `_distribute`)."""
+        losses, correct, labels = per_image(y, model(x, training=training))
+        sample_weight = (tf.gather(weights, labels) if training and weights is not None
+                         else tf.ones_like(losses))
+        # Keras 3.15's fit weights the loss by class, but not the accuracy it logs.
+        return (tf.reduce_sum(losses * sample_weight * kept), tf.reduce_sum(correct * kept),
+                tf.reduce_sum(kept))
 
-        return tf.cond(tf.shape(x)[0] > 0, forward, lambda: (tf.constant(0.0),) * 3)
-
-    def train_step(x, y, count):
+    def train_step(x, y, kept, count):
         with tf.GradientTape() as tape:
-            total, right, seen = sums(x, y, training=True)
+            total, right, seen = sums(x, y, kept, training=True)
             # Keras's mean over the batch divides the weighted sum by the image count.
             loss = total / tf.cast(count, tf.float32) + penalties()
             scaled = model.optimizer.scale_loss(loss)
         variables = model.trainable_variables
-        gradients = tape.gradient(scaled, variables)  # Zeros through an empty slice.
+        gradients = tape.gradient(scaled, variables)
         model.optimizer.apply_gradients(zip(gradients, variables))
         return loss, right, seen
 
-    def val_step(x, y, count):
-        total, right, seen = sums(x, y, training=False)
+    def val_step(x, y, kept, count):
+        total, right, seen = sums(x, y, kept, training=False)
         return total / tf.cast(count, tf.float32) + penalties(), right, seen
 
     def distributed(step, spec):
@@ -287,8 +292,8 @@ def _steps(model, strategy, class_weight, train_spec, val_spec):
 
         @tf.function(input_signature=[spec])
         def run(batch):
-            x, y, count = batch
-            results = strategy.run(step, args=(x, y, count))
+            x, y, kept, count = batch
+            results = strategy.run(step, args=(x, y, kept, count))
             # Every replica holds the same `count`: take it from the first.
             count = strategy.experimental_local_results(count)[0]
             return (*[strategy.reduce("SUM", r, axis=None) for r in results], count)
