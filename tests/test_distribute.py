@@ -57,7 +57,8 @@ if sys.argv[3] == "loop":  # The worker loop on two replicas of one worker, agai
         # 7 images in batches of 3: the last batch, 1 image, leaves one replica none.
         train_ds = tf.data.Dataset.from_tensor_slices((x[:7], y[:7])).shuffle(
             7, seed=1, reshuffle_each_iteration=True).batch(3)
-        val_ds = tf.data.Dataset.from_tensor_slices((x[7:], y[7:])).batch(3)
+        # 4 validation images in batches of 3: the validation step gets an empty replica too.
+        val_ds = tf.data.Dataset.from_tensor_slices((x[7:11], y[7:11])).batch(3)
         with distribute.scope(scope):
             model = visiontune.build_classifier(tiny_backbone(), 3, None, dropout=0.0, l2=1e-2)
             freezing.set_trainable_blocks(model, 1)
