@@ -24,7 +24,8 @@ def test_cli_trains_end_to_end_and_the_model_loads(tmp_path):
     out = str(tmp_path / "run")
     assert train.main(["--data", data, "--output", out, *FAST]) == 0
     for name in ("model.keras", "labels.txt", "config.yaml", "history.csv", "metrics.json",
-                 "learning_curves.png", "confusion_matrix.png", "val_predictions.png"):
+                 "learning_curves.png", "confusion_matrix.png", "val_predictions.png",
+                 "reliability.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert not [f for f in os.listdir(out) if "partial" in f]
     metrics = json.load(open(os.path.join(out, "metrics.json")))
@@ -47,6 +48,11 @@ def test_cli_trains_end_to_end_and_the_model_loads(tmp_path):
     evaluated = model.evaluate(pixels, val_labels, verbose=0, return_dict=True)
     assert metrics["val_loss"] == pytest.approx(evaluated["loss"], rel=1e-4)
     assert metrics["val_accuracy"] == pytest.approx(evaluated["accuracy"])
+    # NLL is the loss without the head's penalties; ECE is in [0, 1] with its interval.
+    penalties = sum(float(loss) for loss in model.losses)
+    assert metrics["val_nll"] == pytest.approx(evaluated["loss"] - penalties, abs=1e-4)
+    assert 0 <= metrics["val_ece"] <= 1
+    assert 0 <= metrics["val_ece_ci95"][0] <= metrics["val_ece_ci95"][1] <= 1
     history = open(os.path.join(out, "history.csv")).read().splitlines()
     assert history[0].startswith("epoch,phase") and len(history) == 4
     assert [row.split(",")[1] for row in history[1:]] == ["head", "head", "finetune"]
@@ -102,6 +108,8 @@ def test_cli_reports_data_and_reuses_a_saved_split(tmp_path):
                        "--class-weight", "balanced", *FAST]) == 0
     report = json.load(open(os.path.join(first, "data_report.json")))
     assert report["bad_file_count"] == 1 and report["bad_files"][0]["path"].endswith("broken.jpg")
+    assert report["suspected_label_issues"]["count"] is None  # Random weights judge nothing.
+    assert "random weights" in report["suspected_label_issues"]["reason"]
     split = json.load(open(os.path.join(first, "split.json")))
     assert len(split["val"]) == 6 and not set(split["val"]) & set(split["train"])
     # A different seed would split differently; --split keeps the saved files.

@@ -119,3 +119,46 @@ def test_the_picture_check_tells_empty_axes_from_a_plot(tmp_path):
         assert_picture(str(tmp_path / "empty.png"))
     plots.lr_sweep([1e-4, 1e-3, 1e-2], [2.0, 1.0, 3.0], path=str(tmp_path / "sweep.png"))
     assert_picture(str(tmp_path / "sweep.png"), size=(600, 400))
+
+
+def test_calibration_error_is_the_weighted_gap_per_bin():
+    # 4 images at 0.95 of which 2 are right (gap 0.45), 6 at 0.55 all right (gap 0.45):
+    # ECE = 0.4 * 0.45 + 0.6 * 0.45 = 0.45. An unweighted mean over bins would also give
+    # 0.45, so the second case weighs them differently: a signed gap would give 0.09.
+    p_hi, p_lo = [0.95, 0.05], [0.55, 0.45]
+    labels = [0, 0, 1, 1] + [0] * 6
+    scores = evaluation.calibration(labels, [p_hi] * 4 + [p_lo] * 6)
+    assert scores["ece"] == pytest.approx(0.45)
+    assert [(b["images"], b["accuracy"], b["confidence"]) for b in scores["bins"]] == \
+        [(6, 1.0, 0.55), (4, 0.5, 0.95)]
+    # 2 overconfident images at 0.95 (both wrong) and 8 right at 0.55: 0.2*0.95 + 0.8*0.45.
+    scores = evaluation.calibration([1, 1] + [0] * 8, [p_hi] * 2 + [p_lo] * 8)
+    assert scores["ece"] == pytest.approx(0.2 * 0.95 + 0.8 * 0.45)
+    # Perfect calibration: 0.8 confident, right 4 times in 5; a probability of 1 is binned.
+    p = [[0.8, 0.2]] * 5 + [[0.0, 1.0]] * 5
+    scores = evaluation.calibration([0, 0, 0, 0, 1] + [1] * 5, p)
+    assert scores["ece"] == pytest.approx(0.0, abs=1e-9)
+    assert scores["bins"][-1]["high"] == 1.0 and scores["bins"][-1]["images"] == 5
+    low, high = scores["ece_ci95"]
+    assert 0 <= low <= high and high > 0  # Resamples of 10 images are not perfect.
+
+
+def test_nll_is_the_mean_cross_entropy_of_the_true_class():
+    import keras
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet([1, 1, 1], size=20)
+    labels = rng.integers(0, 3, 20)
+    expected = float(np.mean(keras.losses.sparse_categorical_crossentropy(labels, p)))
+    assert evaluation.calibration(labels, p)["nll"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_reliability_diagram_draws_each_bin(tmp_path):
+    scores = evaluation.calibration([0, 0, 1, 1] + [0] * 6,
+                                    [[0.95, 0.05]] * 4 + [[0.55, 0.45]] * 6)
+    path = str(tmp_path / "reliability.png")
+    (ax,) = plots.reliability_diagram(scores, path).axes
+    assert [round(p.get_height(), 4) for p in ax.patches] == [1.0, 0.5]
+    assert "ECE 0.450" in ax.get_title()
+    assert _is_png(path)
+    assert_picture(path)

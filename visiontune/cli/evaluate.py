@@ -14,7 +14,7 @@ from visiontune.common import atomic, quiet_start
 def evaluate_folder(run_dir, folder, output=None, tta="none"):
     """Scores a run's model on every image of a folder of class subfolders.
 
-    Writes `metrics.json`, `confusion_matrix.png` and `val_predictions.png`
+    Writes `metrics.json`, `confusion_matrix.png`, `reliability.png` and `val_predictions.png`
     to `output` (default `RUN_DIR/eval-<folder name>`) and returns the metrics.
     `tta="flip"` averages each image's prediction with its mirror's.
     """
@@ -31,7 +31,12 @@ def evaluate_folder(run_dir, folder, output=None, tta="none"):
                            os.path.join(out, "confusion_matrix.png"))
     plots.prediction_grid(pixels, labels, probs, class_names,
                           os.path.join(out, "val_predictions.png"))
+    calibration = evaluation.calibration(labels, probs)
+    plots.reliability_diagram(calibration, os.path.join(out, "reliability.png"),
+                              os.path.basename(os.path.normpath(folder)))
     metrics = {"data": os.path.abspath(folder), "tta": tta, **scores,
+               "ece": calibration["ece"], "ece_ci95": calibration["ece_ci95"],
+               "nll": calibration["nll"], "reliability_bins": calibration["bins"],
                "bad_files": [{"path": b.path, "reason": b.reason} for b in files.bad]}
     atomic.write_json(os.path.join(out, "metrics.json"), metrics)
     return metrics, out

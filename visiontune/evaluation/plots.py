@@ -62,8 +62,9 @@ def prediction_grid(images, labels, probabilities, class_names, path=None, count
     return image_grid(images[order], titles, path, wrong=predicted[order] != labels[order])
 
 
-def image_grid(images, titles, path=None, wrong=None, cols=4):
-    """Shows uint8 images in a grid with a title each; `wrong` ones are framed in red."""
+def image_grid(images, titles, path=None, wrong=None, cols=4, title=None):
+    """Shows uint8 images in a grid with a title each; `wrong` ones are framed in red.
+    `title` goes above the grid."""
     wrong = np.zeros(len(images), bool) if wrong is None else np.asarray(wrong)
     rows = max(1, int(np.ceil(len(images) / cols)))
     fig = Figure(figsize=(2.6 * cols, 2.8 * rows), layout="constrained")
@@ -80,6 +81,8 @@ def image_grid(images, titles, path=None, wrong=None, cols=4):
             for spine in ax.spines.values():
                 spine.set_color("red")
                 spine.set_linewidth(3)
+    if title:
+        fig.suptitle(title, fontsize=9, wrap=True)
     return _save(fig, path)
 
 
@@ -175,4 +178,32 @@ def method_comparison(rows, path=None):
         else:
             for i, r in enumerate(rows):
                 ax.text(r[key], i, f" {r[key]:.3g}", va="center", fontsize=8)
+    return _save(fig, path)
+
+
+def reliability_diagram(calibration, path=None, title="validation"):
+    """Accuracy against mean top-class probability per bin (`metrics.calibration`):
+    on the diagonal, a probability of 0.8 is right 80% of the time."""
+    fig = Figure(figsize=(4.6, 4.6), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    bins = calibration["bins"]
+    if bins:
+        centres = [(b["low"] + b["high"]) / 2 for b in bins]
+        width = bins[0]["high"] - bins[0]["low"]
+        ax.bar(centres, [b["accuracy"] for b in bins], width=width * 0.9, alpha=0.75,
+               label="accuracy in the bin")
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o",
+                color="black", markersize=3, label="(mean probability, accuracy)")
+        for centre, b in zip(centres, bins):
+            ax.text(centre, min(b["accuracy"] + 0.02, 0.98), str(b["images"]), ha="center",
+                    fontsize=6, color="dimgrey")
+    low, high = calibration["ece_ci95"]
+    ax.set_title(f"{title}: ECE {calibration['ece']:.3f} (95% CI {low:.3f}-{high:.3f}), "
+                 f"NLL {calibration['nll']:.3f}", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("top-class probability (images per bin above the bars)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7, loc="upper left")
     return _save(fig, path)

@@ -35,11 +35,18 @@ def final_metrics(model, splits, history, out):
                            os.path.join(out, "confusion_matrix.png"))
     plots.prediction_grid(pixels, labels, probs, splits.class_names,
                           os.path.join(out, "val_predictions.png"))
+    calibration = evaluation.calibration(labels, probs)
+    plots.reliability_diagram(calibration, os.path.join(out, "reliability.png"))
     return {
         "val_accuracy": scores["accuracy"],
         "val_accuracy_ci95": scores["accuracy_ci95"],
         "val_images": scores["images"],
         "val_loss": val_loss,
+        # How far a probability can be trusted (15 bins; the interval is a bootstrap).
+        "val_ece": calibration["ece"],
+        "val_ece_ci95": calibration["ece_ci95"],
+        "val_nll": calibration["nll"],
+        "val_reliability_bins": calibration["bins"],
         "class_names": list(splits.class_names),
         "per_class": scores["per_class"],
         "confusion_matrix": scores["confusion_matrix"],
@@ -54,11 +61,16 @@ def final_metrics(model, splits, history, out):
     }
 
 
-def write_artifacts(out, model, splits, history, metrics):
+def write_artifacts(out, model, splits, history, metrics, label_issues=None):
+    """Writes the run directory's files; `label_issues` is what `data_report.json`
+    records about suspected label issues (`run.label_issue_summary`)."""
     atomic.write_text(os.path.join(out, "labels.txt"), "\n".join(splits.class_names) + "\n")
     write_history_csv(os.path.join(out, "history.csv"), history)
     atomic.write_json(os.path.join(out, "metrics.json"), metrics)
-    atomic.write_json(os.path.join(out, "data_report.json"), splits.report())
+    report = splits.report()
+    if label_issues is not None:
+        report["suspected_label_issues"] = label_issues
+    atomic.write_json(os.path.join(out, "data_report.json"), report)
     splits.save_split(os.path.join(out, "split.json"))
     saving.save_model(model, os.path.join(out, "model.keras"))
 
