@@ -1,5 +1,9 @@
 """Real photos, real ImageNet weights, the default recipe: the number users care about."""
 
+import csv
+import json
+import os
+
 import pytest
 
 from visiontune.cli import train
@@ -19,3 +23,16 @@ def test_default_recipe_beats_the_linear_probe_on_flowers_mini(tmp_path, flowers
     assert metrics["epochs"] == {"head": 30, "finetune": 10}
     assert metrics["val_images"] == 100
     assert metrics["val_accuracy"] >= 0.88
+    # Before training, the run ranked its 200 training images by how much the
+    # pretrained features doubt their label (evaluation/label_issues.py).
+    out = str(tmp_path / "run")
+    with open(os.path.join(out, "data_report.json"), encoding="utf-8") as f:
+        found = json.load(f)["suspected_label_issues"]
+    with open(os.path.join(out, "label_issues.csv"), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(os.path.join(out, "split.json"), encoding="utf-8") as f:
+        train_files = json.load(f)["train"]
+    assert sorted(r["path"] for r in rows) == sorted(train_files)
+    assert all(os.path.basename(os.path.dirname(r["path"])) == r["given_label"] for r in rows)
+    assert found["count"] == sum(r["flagged"] == "True" for r in rows)
+    assert found["examined"] == 200 and found["count"] < 30  # flowers-mini is clean.

@@ -20,6 +20,7 @@ from visiontune.common.version import __version__  # noqa: E402, F401
 from visiontune.data.sources import load_data, load_image_folder  # noqa: E402
 from visiontune.evaluation.explain import explain  # noqa: E402
 from visiontune.evaluation.interpolate import interpolate  # noqa: E402
+from visiontune.evaluation.label_issues import find_label_issues  # noqa: E402
 from visiontune.export.saving import save_model  # noqa: E402
 from visiontune.model.classifier import build_classifier  # noqa: E402
 from visiontune.runs.config import TrainConfig  # noqa: E402
@@ -51,6 +52,7 @@ __all__ = [
     "enable_lora",
     "explain",
     "find_backbone",
+    "find_label_issues",
     "fine_tune",
     "freeze_backbone",
     "interpolate",

@@ -13,8 +13,10 @@ from visiontune.common import checks
 _CACHE_BUDGET_BYTES = 2 * 1024**3
 
 
-def file_pipeline(files, image_size, batch_size=32, shuffle=False, seed=0, resize="crop"):
-    """Returns a batched pipeline that decodes and resizes image files in parallel."""
+def file_pipeline(files, image_size, batch_size=32, shuffle=False, seed=0, resize="crop",
+                  keep=True):
+    """Returns a batched pipeline that decodes and resizes image files in parallel.
+    `keep=False` never caches the pixels (for a pipeline read once)."""
     to_size = resize_fn(image_size, resize)
 
     def decode(path, label):
@@ -23,15 +25,16 @@ def file_pipeline(files, image_size, batch_size=32, shuffle=False, seed=0, resiz
 
     ds = tf.data.Dataset.from_tensor_slices((files.paths, np.asarray(files.labels, np.int32)))
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return finish(ds, len(files.paths), image_size, batch_size, shuffle, seed)
+    return finish(ds, len(files.paths), image_size, batch_size, shuffle, seed, keep)
 
 
-def tensor_pipeline(x, y, image_size, batch_size=32, shuffle=False, seed=0, resize="crop"):
+def tensor_pipeline(x, y, image_size, batch_size=32, shuffle=False, seed=0, resize="crop",
+                    keep=True):
     """Returns a batched pipeline from in-memory images of one size."""
     labels = y.astype(np.float32) if y.ndim == 2 else y.astype(np.int32)
     ds = tf.data.Dataset.from_tensor_slices((x, labels))
     ds = ds.map(resize_fn(image_size, resize), num_parallel_calls=tf.data.AUTOTUNE)
-    return finish(ds, len(x), image_size, batch_size, shuffle, seed)
+    return finish(ds, len(x), image_size, batch_size, shuffle, seed, keep)
 
 
 def resize_fn(image_size, policy):
@@ -46,10 +49,10 @@ def resize_fn(image_size, policy):
     return resize
 
 
-def finish(ds, count, image_size, batch_size, shuffle=False, seed=0):
-    """Caches uint8 images when they fit, then shuffles and batches as float32."""
+def finish(ds, count, image_size, batch_size, shuffle=False, seed=0, keep=True):
+    """Caches uint8 images when they fit (and `keep`), then shuffles and batches as float32."""
     height, width = checks.normalize_size(image_size)
-    if count * height * width * 3 <= _CACHE_BUDGET_BYTES:
+    if keep and count * height * width * 3 <= _CACHE_BUDGET_BYTES:
         ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(count, seed=seed, reshuffle_each_iteration=True)

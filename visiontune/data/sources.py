@@ -184,7 +184,9 @@ def load_image_folder(path, image_size, batch_size=32, validation_split=0.2, see
         val=pipelines.file_pipeline(val_files, image_size, batch_size, resize=resize),
         class_names=train_files.class_names, train_files=train_files, val_files=val_files,
         test=test, bad_files=bad,
-        duplicates=images.cross_duplicates(train_files.hashes, val_files.hashes))
+        duplicates=images.cross_duplicates(train_files.hashes, val_files.hashes),
+        train_in_order=pipelines.file_pipeline(train_files, image_size, batch_size,
+                                               resize=resize, keep=False))
 
 
 def load_builtin(name, image_size, batch_size=32, validation_split=0.2, seed=0,
@@ -233,7 +235,9 @@ def load_arrays(x, y, val_x=None, val_y=None, image_size=224, batch_size=32,
                                       resize=resize),
         class_names=names,
         train_files=ImageFiles(index(len(x)), labels.tolist(), names),
-        val_files=ImageFiles(index(len(val_labels)), val_labels.tolist(), names))
+        val_files=ImageFiles(index(len(val_labels)), val_labels.tolist(), names),
+        train_in_order=pipelines.tensor_pipeline(x, y, image_size, batch_size, resize=resize,
+                                                 keep=False))
 
 
 def _indices_if_sparse(labels):
@@ -289,4 +293,6 @@ def load_tfds(source, image_size, batch_size=32, validation_split=0.2, seed=0,
         train_files=ImageFiles([f"{name}:{train_split}[{i}]" for i in range(len(train_labels))],
                                train_labels, list(names)),
         val_files=ImageFiles([f"{name}:{val_split}[{i}]" for i in range(len(val_labels))],
-                             val_labels, list(names)))
+                             val_labels, list(names)),
+        train_in_order=pipelines.finish(train.map(pipelines.resize_fn(image_size, resize)),
+                                        len(train_labels), image_size, batch_size, keep=False))

@@ -52,6 +52,9 @@ class DataSplits:
     test: tf.data.Dataset = None
     bad_files: list = dataclasses.field(default_factory=list)
     duplicates: list = dataclasses.field(default_factory=list)
+    # The training images in `train_files` order, neither shuffled nor augmented: what
+    # the label-issue finder (`evaluation/label_issues.py`) reads.
+    train_in_order: tf.data.Dataset = None
 
     def class_weight(self):
         """Returns balanced class weights, `n / (classes * count)`, as a `fit` dict."""

@@ -66,6 +66,10 @@ class TrainConfig:
                           "skipping and reporting them")
     split: typing.Optional[str] = _field(
         None, "Data", "reuse the train/validation split saved as split.json by an earlier run")
+    label_issues: bool = _field(
+        True, "Data", "before training, rank the training images whose label the frozen "
+        "ImageNet features doubt (confident learning on out-of-fold logistic regression) "
+        "into label_issues.csv, and count them in data_report.json")
     # Model
     backbone: str = _field("efficientnet_lite0", "Model", "registered backbone name "
                            "(python -c 'import visiontune; print(visiontune.list_backbones())')")
@@ -182,7 +186,7 @@ _RANGES = {
 
 
 # Settings that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"output", "overwrite", "resume", "quiet"}
+_RESUMABLE_CHANGES = {"output", "overwrite", "resume", "quiet", "label_issues"}
 
 
 def check_resumable(config, saved_path):

@@ -22,7 +22,7 @@ from visiontune.data import sources as data, images
 from visiontune.tuning import freezing
 from visiontune.backbones import registry as backbones, weights as weights_lib
 from visiontune.common import atomic
-from visiontune.evaluation import metrics as evaluation
+from visiontune.evaluation import label_issues as label_issue_finder, metrics as evaluation
 from visiontune.evaluation.interpolate import START_WEIGHTS
 
 
@@ -164,6 +164,8 @@ def _train(config, out, cache, callbacks, say, strategy=None, backup=None):
     chief = not multiworker or distribute.is_chief(strategy)
     if multiworker:
         say(f"Split sha256 {_split_digest(splits)} (the same on every worker)")
+    label_issues = label_issue_summary(config, model, splits, out, say, strategy) \
+        if chief else None
     callbacks = [*(callbacks or [])]
     if chief:  # Other workers of a multi-worker run only lend their replicas.
         callbacks += [keras.callbacks.ModelCheckpoint(os.path.join(out, "best.keras"),
@@ -191,7 +193,7 @@ def _train(config, out, cache, callbacks, say, strategy=None, backup=None):
                            "jit_compile": config.jit_compile,
                            "distribute": config.distribute,
                            "replicas": distribute.replicas(strategy)}
-    artifacts.write_artifacts(out, model, splits, history, metrics)
+    artifacts.write_artifacts(out, model, splits, history, metrics, label_issues)
     artifacts.make_plain(os.path.join(out, "best.keras"), config.method)
     after_head = os.path.join(out, "backup", START_WEIGHTS)
     if os.path.exists(after_head):  # Kept for `python -m visiontune.interpolate`.
@@ -227,6 +229,38 @@ def _data_and_model(config, cache, say, strategy):
     if cache == "off" and config.cache == "auto":
         say("Cache: off, because augmentation changes the training images every epoch")
     return splits, model
+
+
+def label_issue_summary(config, model, splits, out, say, strategy=None):
+    """Before training, while the backbone is still the pretrained one: ranks the
+    training images whose label looks wrong (`evaluation/label_issues.py`) into
+    `label_issues.csv`, and returns what `data_report.json` records about them."""
+    labels = np.asarray(splits.train_files.labels)
+    skipped = (
+        "off (--no-label-issues)" if not config.label_issues else
+        "skipped: random weights (--weights none) give no features to judge labels by"
+        if str(config.weights).lower() == "none" else
+        "skipped: multi-label data" if labels.ndim != 1 or splits.train_in_order is None else
+        "skipped under --distribute multiworker (run python -m visiontune.doctor "
+        "--label-issues instead)" if distribute.is_multiworker(strategy) else None)
+    if skipped:
+        return {"count": None, "reason": skipped}
+    features, found = label_issue_finder.pooled_features(model, splits.train_in_order,
+                                                         verbose=0)
+    if not np.array_equal(found, labels):  # The in-order pipeline must match the file list.
+        raise RuntimeError("label issues: the in-order training pipeline does not match "
+                           "train_files (a bug in visiontune.data)")
+    try:
+        report = label_issue_finder.examine(features, labels, splits.train_files.paths,
+                                            splits.class_names, seed=config.seed)
+    except ValueError as error:  # Too few images in a class for cross-validation.
+        say(f"Label issues: skipped ({error})")
+        return {"count": None, "reason": f"skipped: {error}"}
+    report.write_csv(os.path.join(out, "label_issues.csv"))
+    say(f"Label issues: {report.count} of {len(labels)} training images have a label the "
+        f"pretrained features doubt, listed in label_issues.csv (candidates for a person to "
+        f"review, not verdicts)")
+    return report.summary()
 
 
 def weights_digest(model):
