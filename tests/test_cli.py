@@ -5,6 +5,7 @@ import sys
 
 import keras
 import numpy as np
+from PIL import Image
 import pytest
 
 import visiontune
@@ -51,6 +52,9 @@ def test_cli_trains_end_to_end_and_the_model_loads(tmp_path):
     # NLL is the loss without the head's penalties; ECE is in [0, 1] with its interval.
     penalties = sum(float(loss) for loss in model.losses)
     assert metrics["val_nll"] == pytest.approx(evaluated["loss"] - penalties, abs=1e-4)
+    # Mistakes in val_predictions.png have their Grad-CAM beside them: two columns each.
+    with Image.open(os.path.join(out, "val_predictions.png")) as grid:
+        assert grid.size[0] == (1760 if metrics["val_accuracy"] < 1 else 1040)
     assert 0 <= metrics["val_ece"] <= 1
     assert 0 <= metrics["val_ece_ci95"][0] <= metrics["val_ece_ci95"][1] <= 1
     history = open(os.path.join(out, "history.csv")).read().splitlines()

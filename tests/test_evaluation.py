@@ -162,3 +162,35 @@ def test_reliability_diagram_draws_each_bin(tmp_path):
     assert "ECE 0.450" in ax.get_title()
     assert _is_png(path)
     assert_picture(path)
+
+
+def test_prediction_grid_puts_the_predicted_class_heatmap_beside_each_mistake():
+    from visiontune.evaluation.explain import overlay
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1])
+    probs = np.array([[.8, .1, .1], [.1, .2, .7], [.1, .1, .8], [.2, .7, .1], [.1, .8, .1]])
+    calls = []
+
+    def explain(x, classes):  # Heatmap k is constant k / 10, so each can be told apart.
+        calls.append((x.copy(), np.asarray(classes).tolist()))
+        return np.stack([np.full(x.shape[1:3], (k + 1) / 10) for k in range(len(x))])
+
+    fig = plots.prediction_grid(images, labels, probs, ["a", "b", "c"], explain=explain)
+    # Mistakes (images 1 and 3) first, explained for the class predicted (2 and 1).
+    (x, classes), = calls
+    np.testing.assert_array_equal(x, images[[1, 3]])
+    assert classes == [2, 1]
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split("\n")[0] for ax in titled] == \
+        ["true: b", "Grad-CAM of pred", "true: a", "Grad-CAM of pred", "true: a", "true: c",
+         "true: b"]
+    np.testing.assert_array_equal(titled[1].images[0].get_array(),
+                                  overlay(images[1], np.full((8, 8), 0.1)))
+    np.testing.assert_array_equal(titled[3].images[0].get_array(),
+                                  overlay(images[3], np.full((8, 8), 0.2)))
+    # No mistakes: no heatmaps are asked for, and the plain grid is drawn.
+    right = np.eye(3)[[0, 1, 2, 0, 1]]
+    plots.prediction_grid(images, labels, right, ["a", "b", "c"], explain=explain)
+    assert len(calls) == 1

@@ -5,7 +5,7 @@ import os
 import sys
 
 from visiontune.data import sources as data, images, pipeline as pipelines
-from visiontune.evaluation import metrics as evaluation, plots
+from visiontune.evaluation import explain, metrics as evaluation, plots
 from visiontune.runs import rundir
 from visiontune.export import serving
 from visiontune.common import atomic, quiet_start
@@ -30,7 +30,8 @@ def evaluate_folder(run_dir, folder, output=None, tta="none"):
     plots.confusion_matrix(scores["confusion_matrix"], class_names,
                            os.path.join(out, "confusion_matrix.png"))
     plots.prediction_grid(pixels, labels, probs, class_names,
-                          os.path.join(out, "val_predictions.png"))
+                          os.path.join(out, "val_predictions.png"),
+                          explain=lambda x, c: explain.explain(model, x, c))
     calibration = evaluation.calibration(labels, probs)
     plots.reliability_diagram(calibration, os.path.join(out, "reliability.png"),
                               os.path.basename(os.path.normpath(folder)))

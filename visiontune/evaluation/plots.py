@@ -50,16 +50,55 @@ def confusion_matrix(matrix, class_names, path=None):
     return _save(fig, path)
 
 
-def prediction_grid(images, labels, probabilities, class_names, path=None, count=16):
+def prediction_grid(images, labels, probabilities, class_names, path=None, count=16,
+                    explain=None):
     """Shows images with true and predicted labels; wrong predictions are framed in red.
 
-    The mistakes come first, so the grid shows what the model gets wrong.
+    The mistakes come first, so the grid shows what the model gets wrong. With
+    `explain` (a function from images and class indices to heatmaps in [0, 1],
+    e.g. `lambda x, c: visiontune.explain(model, x, c)`), each mistake has its
+    Grad-CAM for the predicted class beside it: what the model took as evidence.
     """
     predicted = probabilities.argmax(axis=1)
     order = np.argsort(predicted == labels, kind="stable")[:count]
     titles = [f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
               f"({probabilities[i, predicted[i]]:.2f})" for i in order]
-    return image_grid(images[order], titles, path, wrong=predicted[order] != labels[order])
+    wrong = predicted[order] != labels[order]
+    if explain is None or not wrong.any():
+        return image_grid(images[order], titles, path, wrong=wrong)
+    mistakes = order[wrong]
+    heatmaps = explain(images[mistakes], predicted[mistakes])
+    return _pairs_grid(images[order], titles, wrong, heatmaps, path)
+
+
+def _pairs_grid(images, titles, wrong, heatmaps, path, cols=4):
+    """`image_grid` with two columns per image: a mistake beside its heatmap over it
+    (`heatmaps` holds one per mistake, in order); a correct image across both."""
+    from visiontune.evaluation.explain import overlay
+
+    rows = max(1, int(np.ceil(len(images) / cols)))
+    fig = Figure(figsize=(4.4 * cols, 2.8 * rows), layout="constrained")
+    grid = fig.add_gridspec(rows, 2 * cols)
+    maps = iter(heatmaps)
+    for i, (image, title, bad) in enumerate(zip(images, titles, wrong)):
+        r, c = divmod(i, cols)
+        image = np.asarray(image, dtype="uint8")
+        if bad:
+            plain, explained = fig.add_subplot(grid[r, 2 * c]), fig.add_subplot(grid[r, 2 * c + 1])
+            explained.imshow(overlay(image, next(maps)))
+            explained.set_title("Grad-CAM of pred", fontsize=8)
+            explained.axis("off")
+        else:
+            plain = fig.add_subplot(grid[r, 2 * c:2 * c + 2])
+        plain.imshow(image)
+        plain.set_title(title, fontsize=8, color="red" if bad else "black")
+        plain.set_xticks([])
+        plain.set_yticks([])
+        for spine in plain.spines.values():
+            spine.set_visible(bool(bad))
+            spine.set_color("red")
+            spine.set_linewidth(3)
+    return _save(fig, path)
 
 
 def image_grid(images, titles, path=None, wrong=None, cols=4, title=None):

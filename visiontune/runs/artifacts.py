@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from visiontune.common import atomic, version
-from visiontune.evaluation import metrics as evaluation, plots
+from visiontune.evaluation import explain, metrics as evaluation, plots
 from visiontune.export import saving
 
 
@@ -34,7 +34,8 @@ def final_metrics(model, splits, history, out):
     plots.confusion_matrix(scores["confusion_matrix"], splits.class_names,
                            os.path.join(out, "confusion_matrix.png"))
     plots.prediction_grid(pixels, labels, probs, splits.class_names,
-                          os.path.join(out, "val_predictions.png"))
+                          os.path.join(out, "val_predictions.png"),
+                          explain=lambda x, c: explain.explain(model, x, c))
     calibration = evaluation.calibration(labels, probs)
     plots.reliability_diagram(calibration, os.path.join(out, "reliability.png"))
     return {
