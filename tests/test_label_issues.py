@@ -99,8 +99,9 @@ def test_doctor_finds_flipped_flowers_labels(tmp_path, flowers, capsys):
     flagged = {r["path"] for r in rows if r["flagged"] == "True"}
     found = len(top & flipped)
     precision = len(flagged & flipped) / max(1, len(flagged))
-    print(f"flipped in the top 20: {found}/10; flagged {len(flagged)}, precision "
-          f"{precision:.2f}, recall {len(flagged & flipped) / 10:.2f}")
+    with capsys.disabled():
+        print(f"\nflowers-mini: flipped in the top 20: {found}/10; flagged {len(flagged)}, "
+              f"precision {precision:.2f}, recall {len(flagged & flipped) / 10:.2f}")
     assert found >= 7
     for row in rows[:20]:  # The suggested label of a flipped image is its true class.
         if row["path"] in flipped:
