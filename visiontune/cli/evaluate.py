@@ -31,7 +31,7 @@ def evaluate_folder(run_dir, folder, output=None, tta="none"):
                            os.path.join(out, "confusion_matrix.png"))
     plots.prediction_grid(pixels, labels, probs, class_names,
                           os.path.join(out, "val_predictions.png"),
-                          explain=lambda x, c: explain.explain(model, x, c))
+                          explain=explain.explainer_or_none(model))
     calibration = evaluation.calibration(labels, probs)
     plots.reliability_diagram(calibration, os.path.join(out, "reliability.png"),
                               os.path.basename(os.path.normpath(folder)))

@@ -116,6 +116,18 @@ def _logits(output_layer, hidden):
     return logits
 
 
+def explainer_or_none(model, warn=print):
+    """`explain` for `plots.prediction_grid`: a failure (a model Grad-CAM cannot cut)
+    draws the grid without heatmaps and says why, rather than losing a finished run."""
+    def explain_mistakes(images, classes):
+        try:
+            return explain(model, images, classes)
+        except Exception as error:  # noqa: BLE001  (a plot must not fail a run)
+            warn(f"Warning: no Grad-CAM in val_predictions.png: {type(error).__name__}: {error}")
+            return None
+    return explain_mistakes
+
+
 def overlay(image, heatmap, alpha=0.45):
     """`image` (H, W, 3, 0-255) with `heatmap` (H, W, 0-1) in the jet colours over it,
     as uint8: red where the evidence is strongest."""

@@ -12,8 +12,13 @@ pooled features, so no image is scored by a model that saw its label). Then:
 3. C is calibrated so that each row sums to the number of images labelled i,
    and the off-diagonal sum of row i estimates how many labels i are wrong.
 4. That many images labelled i are flagged: those with the lowest p_i
-   ("prune by class"), except any whose likeliest class is its given label
-   (cleanlab's `find_label_issues(filter_by="prune_by_class")`).
+   ("prune by class"), except any whose likeliest class is its given label.
+
+This follows the paper; cleanlab's `find_label_issues(filter_by="prune_by_class")`
+differs in details (it takes the overall argmax when several classes pass their
+thresholds, and rounds the estimates so that each row keeps its total).
+Exact duplicate images are kept in one fold (grouped by content hash), so that
+a copy cannot vouch for a wrong label.
 
 Images are ranked by self-confidence p_i (lowest first), the ranking cleanlab
 uses by default. Written here because cleanlab is a large dependency for these
@@ -29,9 +34,10 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -45,6 +51,10 @@ from visiontune.tuning import freezing
 C_GRID = np.logspace(-3, 1, 5)
 REVIEW_NOTE = ("These are candidates for a person to review, not verdicts: an ambiguous "
                "or unusual image is flagged as readily as a mislabelled one.")
+
+
+class TooFewImages(ValueError):
+    """A class has too few images for cross-validation."""
 
 
 @dataclasses.dataclass
@@ -156,17 +166,27 @@ def confident_issues(probabilities, labels):
     return flagged
 
 
-def out_of_fold_probabilities(features, labels, folds=5, seed=0):
+def out_of_fold_probabilities(features, labels, folds=5, seed=0, groups=None):
     """k-fold logistic regression: each image's probabilities from a model that never
     saw it. The penalty C is the one of `C_GRID` whose out-of-fold probabilities have
-    the lowest log loss (so choosing it costs no fits beyond the k per value)."""
+    the lowest log loss (so choosing it costs no fits beyond the k per value).
+
+    `groups` (e.g. content hashes) keeps the images of a group in one fold: an
+    exact duplicate with the same label would otherwise vouch for a wrong one.
+    """
     labels = np.asarray(labels, dtype=int)
-    present = np.unique(labels)
-    smallest = int(np.bincount(labels)[present].min()) if len(labels) else 0
-    if len(present) < 2 or smallest < 2:
-        raise ValueError("Finding label issues needs at least 2 classes with at least 2 "
-                         f"images each; the smallest class here has {smallest}.")
-    cv = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
+    present, counts = np.unique(labels, return_counts=True)
+    if len(present) < 2 or counts.min() < 2:
+        few = [int(c) for c, n in zip(present, counts) if n < 2]
+        raise TooFewImages(
+            "Finding label issues needs at least 2 classes with at least 2 images each; "
+            + (f"class indices {few} have 1." if few else "there is only one class."))
+    k = int(min(folds, counts.min()))
+    if groups is not None and len(set(groups)) < len(groups):
+        cv = list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(
+            features, labels, groups))
+    else:
+        cv = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(features, labels))
     best, best_loss = None, np.inf
     for c in C_GRID:
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
@@ -190,20 +210,24 @@ def pooled_features(model, dataset, verbose=0):
     _, outputs = keras_private.call_tensors(backbone)  # The classifier's call of it.
     pooled = keras.layers.GlobalAveragePooling2D(dtype="float32")(outputs[0])
     extractor = keras.Model(model.input, pooled)
+    # Called, not `predict_on_batch`: one trace for every batch size (no retracing
+    # warnings), and under a tf.distribute strategy one row per image.
+    step = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
     features, labels = [], []
-    bar = keras.utils.Progbar(int(dataset.cardinality()) if int(dataset.cardinality()) > 0
-                              else None, verbose=verbose, unit_name="batch")
-    for step, (images, y, *_) in enumerate(dataset, start=1):
-        features.append(np.asarray(extractor.predict_on_batch(images), dtype="float32"))
+    steps = int(dataset.cardinality())
+    bar = keras.utils.Progbar(steps if steps > 0 else None, verbose=verbose, unit_name="batch")
+    for done, (images, y, *_) in enumerate(dataset, start=1):
+        features.append(np.asarray(step(images), dtype="float32"))
         labels.append(np.asarray(y))
-        bar.update(step)
+        bar.update(done)
     return np.concatenate(features), np.concatenate(labels)
 
 
-def examine(features, labels, paths, class_names, splits=None, seed=0):
-    """Out-of-fold probabilities, then confident learning: a `LabelIssueReport`."""
+def examine(features, labels, paths, class_names, splits=None, seed=0, groups=None):
+    """Out-of-fold probabilities, then confident learning: a `LabelIssueReport`.
+    `groups` as in `out_of_fold_probabilities`."""
     labels = np.asarray(labels, dtype=int)
-    probabilities = out_of_fold_probabilities(features, labels, seed=seed)
+    probabilities = out_of_fold_probabilities(features, labels, seed=seed, groups=groups)
     if probabilities.shape[1] < len(class_names):  # The last classes had no images.
         probabilities = np.pad(probabilities,
                                ((0, 0), (0, len(class_names) - probabilities.shape[1])))
@@ -278,6 +302,7 @@ def find_label_issues(data, backbone="efficientnet_lite0", weights="imagenet", i
         class_names = [str(i) for i in range(int(y.max()) + 1)]
         dataset = pipeline.tensor_pipeline(x, y, size, batch_size, keep=False)
         paths, where = [f"array[{i}]" for i in range(len(y))], ["train"] * len(y)
+        groups = None
     else:
         sources.check_folder_exists(data)
         layout = split_lib.split_subfolders(data) or {"train": data}
@@ -294,9 +319,17 @@ def find_label_issues(data, backbone="efficientnet_lite0", weights="imagenet", i
                                      [label for f in files for label in f.labels], class_names)
         dataset = pipeline.file_pipeline(every, size, batch_size, keep=False)
         paths = every.paths
+        groups = content_groups(files)
     model = classifier.build_classifier(backbone, len(class_names), weights, size,
                                         **backbone_args)
     if verbose:
         print(f"Label issues: {backbone} features of {len(paths)} images")
     features, labels = pooled_features(model, dataset, verbose=verbose)
-    return examine(features, labels, paths, class_names, where, seed)
+    return examine(features, labels, paths, class_names, where, seed, groups)
+
+
+def content_groups(files):
+    """One group per distinct content hash (`ImageFiles.hashes`), in the files' order;
+    a file without a hash is its own group."""
+    files = files if isinstance(files, (list, tuple)) else [files]
+    return [f.hashes.get(p, p) for f in files for p in f.paths]

@@ -2,6 +2,7 @@
 
 import math
 
+import keras
 import numpy as np
 
 from visiontune.common import targets
@@ -125,7 +126,9 @@ def calibration(labels, probabilities, bins=15, resamples=1000, seed=0):
     everything = np.arange(len(labels))
     boot = [ece(rng.integers(0, len(labels), len(labels))) for _ in range(resamples)] \
         if len(labels) else [0.0]
-    nll = float(np.mean(-np.log(np.clip(p[everything, labels], 1e-12, 1.0)))) \
+    # Clipped as Keras's cross-entropy clips, so `nll` is the loss without penalties.
+    eps = keras.config.epsilon()
+    nll = float(np.mean(-np.log(np.clip(p[everything, labels], eps, 1.0 - eps)))) \
         if len(labels) else 0.0
     per_bin = [{"low": round(b / bins, 4), "high": round((b + 1) / bins, 4),
                 "images": int((which == b).sum()),

@@ -58,6 +58,7 @@ def prediction_grid(images, labels, probabilities, class_names, path=None, count
     `explain` (a function from images and class indices to heatmaps in [0, 1],
     e.g. `lambda x, c: visiontune.explain(model, x, c)`), each mistake has its
     Grad-CAM for the predicted class beside it: what the model took as evidence.
+    `explain` may return `None` for no heatmaps.
     """
     predicted = probabilities.argmax(axis=1)
     order = np.argsort(predicted == labels, kind="stable")[:count]
@@ -68,6 +69,8 @@ def prediction_grid(images, labels, probabilities, class_names, path=None, count
         return image_grid(images[order], titles, path, wrong=wrong)
     mistakes = order[wrong]
     heatmaps = explain(images[mistakes], predicted[mistakes])
+    if heatmaps is None:  # The explainer could not explain this model.
+        return image_grid(images[order], titles, path, wrong=wrong)
     return _pairs_grid(images[order], titles, wrong, heatmaps, path)
 
 

@@ -35,7 +35,7 @@ def final_metrics(model, splits, history, out):
                            os.path.join(out, "confusion_matrix.png"))
     plots.prediction_grid(pixels, labels, probs, splits.class_names,
                           os.path.join(out, "val_predictions.png"),
-                          explain=lambda x, c: explain.explain(model, x, c))
+                          explain=explain.explainer_or_none(model))
     calibration = evaluation.calibration(labels, probs)
     plots.reliability_diagram(calibration, os.path.join(out, "reliability.png"))
     return {

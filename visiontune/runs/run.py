@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -235,32 +236,41 @@ def label_issue_summary(config, model, splits, out, say, strategy=None):
     """Before training, while the backbone is still the pretrained one: ranks the
     training images whose label looks wrong (`evaluation/label_issues.py`) into
     `label_issues.csv`, and returns what `data_report.json` records about them."""
-    labels = np.asarray(splits.train_files.labels)
+    csv_path = os.path.join(out, "label_issues.csv")
+    ordered = splits.train_in_order
     skipped = (
         "off (--no-label-issues)" if not config.label_issues else
         "skipped: random weights (--weights none) give no features to judge labels by"
         if str(config.weights).lower() == "none" else
-        "skipped: multi-label data" if labels.ndim != 1 or splits.train_in_order is None else
+        "skipped: this data source has no in-order training pipeline" if ordered is None else
+        "skipped: multi-label data" if len(ordered.element_spec[1].shape) != 1 else
         "skipped under --distribute multiworker (run python -m visiontune.doctor "
         "--label-issues instead)" if distribute.is_multiworker(strategy) else None)
     if skipped:
+        if os.path.exists(csv_path):  # From an earlier attempt of this run, with it on.
+            os.remove(csv_path)
         return {"count": None, "reason": skipped}
-    features, found = label_issue_finder.pooled_features(model, splits.train_in_order,
-                                                         verbose=0)
+    labels = np.asarray(splits.train_files.labels)
+    say(f"Label issues: pooled features of {len(labels)} training images, then 5-fold "
+        "logistic regression (--no-label-issues skips this)")
+    began = time.perf_counter()
+    features, found = label_issue_finder.pooled_features(model, ordered, verbose=0)
     if not np.array_equal(found, labels):  # The in-order pipeline must match the file list.
         raise RuntimeError("label issues: the in-order training pipeline does not match "
                            "train_files (a bug in visiontune.data)")
     try:
-        report = label_issue_finder.examine(features, labels, splits.train_files.paths,
-                                            splits.class_names, seed=config.seed)
-    except ValueError as error:  # Too few images in a class for cross-validation.
+        report = label_issue_finder.examine(
+            features, labels, splits.train_files.paths, splits.class_names, seed=config.seed,
+            groups=label_issue_finder.content_groups(splits.train_files))
+    except label_issue_finder.TooFewImages as error:
         say(f"Label issues: skipped ({error})")
         return {"count": None, "reason": f"skipped: {error}"}
-    report.write_csv(os.path.join(out, "label_issues.csv"))
+    report.write_csv(csv_path)
     say(f"Label issues: {report.count} of {len(labels)} training images have a label the "
         f"pretrained features doubt, listed in label_issues.csv (candidates for a person to "
         f"review, not verdicts)")
-    return report.summary()
+    return {**report.summary(), "weights": str(config.weights),
+            "seconds": round(time.perf_counter() - began, 1)}
 
 
 def weights_digest(model):
