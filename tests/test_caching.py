@@ -232,10 +232,9 @@ def test_the_planner_refuses_a_cut_with_trainable_weights_below_it():
 
 # One backbone of each family in the registry: residuals, squeeze-excite, depthwise
 # convolutions, hard-swish, Caffe-style and [-1, 1] preprocessing, LayerNorm (ConvNeXt),
-# Inception's generically named branches, NASNet's cells. Each at its smallest input.
-# (EfficientNetV2 is left out: EfficientNetB0 has the same block patterns and
-# preprocessing, which the first assertion below checks is all that is needed.)
-FAMILIES = ["resnet50", "resnet50v2", "efficientnetb0",
+# Inception's generically named branches, NASNet's cells, EfficientNetV2's fused blocks.
+# Each at its smallest input.
+FAMILIES = ["resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0",
             "efficientnet_lite0", "mobilenet", "mobilenetv2", "mobilenetv3small",
             "convnexttiny", "xception", "inceptionv3", "inceptionresnetv2", "nasnetmobile",
             "densenet121"]
