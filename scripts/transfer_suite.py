@@ -231,7 +231,8 @@ _ADDED_SETTINGS = {"backbone_args": {}}
 def settings_of(config):
     """The resolved settings that decide a result (not where it is written, nor the seed)."""
     saved = config_lib.yaml.safe_load(config_lib.saved_yaml(config))
-    for key in ("data", "output", "overwrite", "resume", "quiet", "seed"):
+    # label_issues: the label-issue pass before training changes nothing a run trains to.
+    for key in ("data", "output", "overwrite", "resume", "quiet", "seed", "label_issues"):
         saved.pop(key, None)
     for key, neutral in _ADDED_SETTINGS.items():
         if saved.get(key) == neutral:

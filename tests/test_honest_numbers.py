@@ -278,6 +278,9 @@ def test_suite_keys_leave_out_a_new_setting_at_its_neutral_value(monkeypatch):
     plain = transfer_suite.settings_of(transfer_suite.variant_config("builtin:digits", 0, "",
                                                                      args))
     assert "backbone_args" not in plain and plain["backbone"] == "mobilenet"
+    # Nor does the label-issue pass, on or off: it decides no number the suite stores.
+    assert transfer_suite.settings_of(transfer_suite.variant_config(
+        "builtin:digits", 0, "--no-label-issues", args)) == plain
     narrow = transfer_suite.settings_of(transfer_suite.variant_config(
         "builtin:digits", 0, "--backbone-arg alpha=0.5", args))
     assert narrow == {**plain, "backbone_args": {"alpha": 0.5}}
