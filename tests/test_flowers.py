@@ -33,6 +33,5 @@ def test_default_recipe_beats_the_linear_probe_on_flowers_mini(tmp_path, flowers
     with open(os.path.join(out, "split.json"), encoding="utf-8") as f:
         train_files = json.load(f)["train"]
     assert sorted(r["path"] for r in rows) == sorted(train_files)
-    assert all(os.path.basename(os.path.dirname(r["path"])) == r["given_label"] for r in rows)
     assert found["count"] == sum(r["flagged"] == "True" for r in rows)
     assert found["examined"] == 200 and found["count"] < 30  # flowers-mini is clean.

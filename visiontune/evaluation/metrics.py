@@ -102,9 +102,9 @@ def calibration(labels, probabilities, bins=15, resamples=1000, seed=0):
     Neural Networks", ICML 2017) puts the images into `bins` equal-width bins of
     top-class probability and averages |accuracy - mean probability| over the
     bins, weighted by their share of images. On a small validation set it is
-    noisy (and biased upward), so a 95% percentile-bootstrap interval comes
-    with it. The negative log-likelihood is the mean of -log p(true class),
-    without the head's weight penalties.
+    noisy and biased upward; a 95% percentile-bootstrap interval comes with it
+    to show the noise (it does not remove the bias). The negative log-likelihood
+    is the mean of -log p(true class), without the head's weight penalties.
 
     Returns:
         `{"ece", "ece_ci95", "nll", "bins"}`; `bins` holds, per non-empty bin,
